@@ -1,0 +1,74 @@
+"""chains: streaming compound-AI pipelines.
+
+Decorate functions and classes with ``@chains.node``, wire them in a
+``@chains.chain`` function, and run them with ``chains.call``, ``chains.stream``
+or ``chains run FILE``. See DESIGN.md for the model.
+"""
+
+from chains.api import call, running, stream
+from chains.builtins import merge, zip
+from chains.context import NodeContext, context
+from chains.errors import ChainError, ChainsError, LockError, ModelError, NodeError, Overloaded
+from chains.messages import (
+    AudioFrame,
+    Control,
+    Embedding,
+    EndOfTurn,
+    Entities,
+    Entity,
+    ErrorEvent,
+    Interrupt,
+    Message,
+    SpeechStarted,
+    Text,
+    TextDelta,
+    Utterance,
+)
+from chains.models import ModelRef
+from chains.node import Chain, NodeClass, NodeDef, NodeTemplate, chain, node
+from chains.spec import Batch
+from chains.stream import Stream
+from runtime import Output, Runtime, Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioFrame",
+    "Batch",
+    "Chain",
+    "ChainError",
+    "ChainsError",
+    "Control",
+    "Embedding",
+    "EndOfTurn",
+    "Entities",
+    "Entity",
+    "ErrorEvent",
+    "Interrupt",
+    "LockError",
+    "Message",
+    "ModelError",
+    "ModelRef",
+    "NodeClass",
+    "NodeContext",
+    "NodeDef",
+    "NodeError",
+    "NodeTemplate",
+    "Output",
+    "Overloaded",
+    "Runtime",
+    "Session",
+    "SpeechStarted",
+    "Stream",
+    "Text",
+    "TextDelta",
+    "Utterance",
+    "call",
+    "chain",
+    "context",
+    "merge",
+    "node",
+    "running",
+    "stream",
+    "zip",
+]

@@ -1,0 +1,39 @@
+"""Running a chain from Python: ``call``, ``stream`` and ``running``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from runtime.engine import Runtime, active_runtime, stream_outputs
+from runtime.session import Output
+
+
+async def call(chain: Any, *inputs: Any) -> Any:
+    """Run one session of ``chain`` on ``inputs`` and return its outputs.
+
+    A single output comes back as its value (a list for a stream output), a
+    tuple or dict of outputs as a tuple or dict. A failing node raises
+    ``chains.NodeError``. Inside ``async with chains.running(chain)`` the call is a
+    session of that runtime (shared models and batches); otherwise a runtime is
+    started for this call alone.
+    """
+    rt = active_runtime(chain)
+    if rt is not None:
+        return await rt.call(*inputs)
+    async with Runtime(chain) as rt:
+        return await rt.call(*inputs)
+
+
+def stream(chain: Any, *inputs: Any) -> AsyncIterator[Output]:
+    """Outputs of one session as they are produced: ``Output(name, value, origin, epoch)``.
+
+    Errors arrive as outputs named ``"error"`` carrying an ``ErrorEvent``; the
+    session goes on. An input may be an async iterable (e.g. audio frames).
+    """
+    return stream_outputs(chain, inputs)
+
+
+def running(chain: Any, **options: Any) -> Runtime:
+    """``async with chains.running(chain):`` serves ``chain`` for every call inside."""
+    return Runtime(chain, **options)

@@ -1,0 +1,54 @@
+"""What a running node can learn about the call it is serving.
+
+``chains.context()`` returns the session id, the turn epoch and a dict private to
+this session and this node (a chat history, a VAD state). The runtime sets it
+around every call; a node never receives it as an argument, so its signature stays
+the plain data signature the compiler checks.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+
+class NodeContext:
+    """The session a node call serves: its id, its current turn epoch, and a
+    dict private to this (session, node) pair."""
+
+    __slots__ = ("_epoch", "node", "session_id", "state")
+
+    def __init__(self, session_id: str, node: str, state: dict[str, Any], epoch: Callable[[], int]):
+        self.session_id = session_id
+        self.node = node
+        self.state = state
+        self._epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch()
+
+    def __repr__(self) -> str:
+        return f"NodeContext(session_id={self.session_id!r}, node={self.node!r}, epoch={self.epoch})"
+
+
+_current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar(
+    "chains_node_context", default=None
+)
+
+
+def context() -> NodeContext:
+    """The context of the node call in progress (raises outside a node call)."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("chains.context() is only available inside a running node")
+    return ctx
+
+
+def set_context(ctx: NodeContext | None) -> contextvars.Token:
+    return _current.set(ctx)
+
+
+def reset_context(token: contextvars.Token) -> None:
+    _current.reset(token)

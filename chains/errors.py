@@ -1,0 +1,46 @@
+"""Errors a user of chains can catch, each naming what went wrong and where."""
+
+from __future__ import annotations
+
+
+class ChainsError(Exception):
+    """Base of every chains error."""
+
+
+class ChainError(ChainsError):
+    """A chain definition is invalid (raised while compiling it)."""
+
+    def __init__(self, message: str, *, node: str | None = None, where: str | None = None):
+        self.node = node
+        self.where = where
+        parts = []
+        if where:
+            parts.append(where)
+        if node:
+            parts.append(f"node {node!r}")
+        prefix = ": ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class NodeError(ChainsError):
+    """An item failed inside a node; other items and sessions go on."""
+
+    def __init__(self, node: str, message: str, *, code: str = "node_error"):
+        self.node = node
+        self.code = code
+        self.detail = message
+        super().__init__(f"node {node!r} failed: {message}")
+
+
+class Overloaded(ChainsError):
+    """Admission refused: a session or queue limit is reached."""
+
+    code = "overloaded"
+
+
+class ModelError(ChainsError):
+    """A model cannot be found, prepared or loaded."""
+
+
+class LockError(ChainsError):
+    """chains.lock is malformed or does not match what is installed."""

@@ -1,0 +1,120 @@
+"""The message vocabulary that flows along a chain's edges.
+
+Every payload is a frozen msgspec Struct: cheap to create, immutable (so fan-out
+can hand the same object to every consumer), and encodable as-is by the
+transport's msgpack/JSON codecs. Control events subclass ``Control``: the runtime
+routes them out of band (an ``Interrupt`` bumps the session's turn epoch) instead
+of feeding them to data nodes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every built-in payload."""
+
+
+class AudioFrame(Message, frozen=True):
+    """A chunk of PCM16LE mono audio at ``sample_rate`` Hz."""
+
+    pcm: bytes
+    sample_rate: int
+
+    @property
+    def duration_ms(self) -> float:
+        return 1000.0 * (len(self.pcm) // 2) / self.sample_rate
+
+
+class Utterance(Message, frozen=True):
+    """A VAD-bounded span of speech (PCM16LE mono)."""
+
+    pcm: bytes
+    sample_rate: int
+    start_ms: float = 0.0
+
+    @property
+    def duration_ms(self) -> float:
+        return 1000.0 * (len(self.pcm) // 2) / self.sample_rate
+
+
+class Text(Message, frozen=True):
+    """A complete piece of text: a transcript, a sentence, a document."""
+
+    text: str
+
+
+class TextDelta(Message, frozen=True):
+    """A streamed fragment of text (an LLM token or a few)."""
+
+    text: str
+    final: bool = False
+
+
+class Entity(Message, frozen=True):
+    text: str
+    label: str
+    start: int
+    end: int
+
+
+class Entities(Message, frozen=True):
+    """Named entities found in ``text`` (character offsets)."""
+
+    text: str
+    entities: list[Entity]
+
+
+class Embedding(Message, frozen=True):
+    """A dense vector for ``text``."""
+
+    text: str
+    vector: list[float]
+
+    @property
+    def dim(self) -> int:
+        return len(self.vector)
+
+
+class Control(Message, frozen=True):
+    """Base of the out-of-band control events."""
+
+
+class SpeechStarted(Control, frozen=True):
+    """The VAD heard the user start speaking."""
+
+
+class EndOfTurn(Control, frozen=True):
+    """The current turn's output is complete."""
+
+
+class Interrupt(Control, frozen=True):
+    """Barge-in: drop the current turn's queued and in-flight work."""
+
+    reason: str = ""
+
+
+class ErrorEvent(Message, frozen=True):
+    """An item failed or was shed at ``node``; the session goes on."""
+
+    node: str
+    code: str
+    message: str
+
+
+__all__ = [
+    "AudioFrame",
+    "Control",
+    "Embedding",
+    "EndOfTurn",
+    "Entities",
+    "Entity",
+    "ErrorEvent",
+    "Interrupt",
+    "Message",
+    "SpeechStarted",
+    "Text",
+    "TextDelta",
+    "Utterance",
+]

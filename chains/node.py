@@ -1,0 +1,150 @@
+"""``@chains.node`` and ``@chains.chain``: the decorators users write.
+
+A decorated function called on handles inside a chain adds a node to the graph;
+called on plain values anywhere else it is the plain function, so nodes stay
+unit-testable. A decorated class called with constructor arguments gives a
+``NodeTemplate``: the model is not loaded until a runtime starts the stage, once
+per replica, and the template called on handles adds a node.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from chains.errors import ChainError
+from chains.graph import Graph, Handle, build, call_site, current_graph
+from chains.spec import Batch, Device, NodeSpec, OnLate, Options, analyse
+
+F = TypeVar("F")
+
+
+class NodeDef:
+    """A decorated function node."""
+
+    def __init__(self, spec: NodeSpec):
+        self.spec = spec
+        functools.update_wrapper(self, spec.impl)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        graph = current_graph()
+        if graph is not None and any(isinstance(a, Handle) for a in (*args, *kwargs.values())):
+            if kwargs:
+                raise ChainError("pass node inputs positionally", node=self.spec.name, where=call_site())
+            return graph.add_node(self.spec, args)
+        return self.spec.impl(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<chains {self.spec.shape.value} {self.spec.name}>"
+
+
+class NodeClass:
+    """A decorated class node: call it with constructor arguments to get a template."""
+
+    def __init__(self, spec: NodeSpec):
+        self.spec = spec
+        functools.update_wrapper(self, spec.impl, updated=())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NodeTemplate:
+        if any(isinstance(a, Handle) for a in (*args, *kwargs.values())):
+            raise ChainError(
+                f"{self.spec.name} is a class node: create it first, then call it on inputs, "
+                f"e.g. {self.spec.name}()(x)",
+                node=self.spec.name,
+                where=call_site(),
+            )
+        return NodeTemplate(self.spec, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.spec.impl, name)
+
+    def __repr__(self) -> str:
+        return f"<chains {self.spec.shape.value} class {self.spec.name}>"
+
+
+class NodeTemplate:
+    """A class node with its constructor arguments, not yet loaded.
+
+    Calling the same template on several inputs in one chain makes several graph
+    nodes that share one set of replicas (one model in memory).
+    """
+
+    def __init__(self, spec: NodeSpec, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.spec = spec
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self, *inputs: Any) -> Handle:
+        graph = current_graph()
+        if graph is None:
+            raise ChainError(
+                f"{self.spec.name}(...) can only be applied to inputs inside a @chains.chain function",
+                node=self.spec.name,
+                where=call_site(),
+            )
+        return graph.add_node(self.spec, inputs, self.args, self.kwargs, template=self)
+
+    def instantiate(self) -> Any:
+        """Construct one replica (loads the model)."""
+        return self.spec.impl(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"<chains node template {self.spec.name}>"
+
+
+@overload
+def node(fn: F) -> F: ...
+@overload
+def node(
+    *,
+    name: str | None = None,
+    budget_ms: float | None = None,
+    batch: Batch | None = None,
+    concurrency: int | None = None,
+    replicas: int = 1,
+    device: Device = "cpu",
+    retries: int = 0,
+    timeout_ms: float | None = None,
+    on_late: OnLate = "serve",
+) -> Callable[[F], F]: ...
+
+
+def node(fn: Any = None, **options: Any) -> Any:
+    """Declare a node. See DESIGN.md for the five shapes and the options."""
+    try:
+        opts = Options(**options)
+    except TypeError as e:
+        raise ChainError(f"@chains.node: {e}", where=call_site()) from e
+
+    def wrap(impl: Any) -> Any:
+        where = call_site()
+        spec = analyse(impl, opts, where)
+        return NodeClass(spec) if spec.is_class else NodeDef(spec)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+class Chain:
+    """A compiled chain: a static DAG plus its budget."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, budget_ms: float | None):
+        if budget_ms is not None and budget_ms <= 0:
+            raise ChainError(f"chain {name}: budget_ms must be > 0, got {budget_ms}", where=call_site())
+        self.fn = fn
+        self.name = name
+        self.budget_ms = budget_ms
+        self.graph: Graph = build(fn, name, budget_ms)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<chains chain {self.name}: {len(self.graph.nodes)} nodes>"
+
+
+def chain(fn: Any = None, *, name: str | None = None, budget_ms: float | None = None) -> Any:
+    """Declare a chain: ``fn`` runs once on symbolic handles to build the DAG."""
+
+    def wrap(f: Callable[..., Any]) -> Chain:
+        return Chain(f, name or f.__name__, budget_ms)
+
+    return wrap(fn) if fn is not None else wrap

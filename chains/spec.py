@@ -1,0 +1,280 @@
+"""Node specifications: the options a user sets and the shape read off a signature.
+
+``@chains.node`` turns a function or class into a ``NodeSpec``. The shape (map,
+batched map, streaming map, stream node) comes from the signature, so the user
+writes plain Python and the compiler knows how to run it:
+
+- a ``Stream[A]`` parameter makes a per-session stream node;
+- ``batch=`` makes a batched map (``list[A] -> list[B]``);
+- an async generator (or ``-> AsyncIterator[B]``) makes a streaming map;
+- anything else is a map. Several parameters make a fan-in.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+import msgspec
+
+from chains.errors import ChainError
+from chains.messages import Control
+from chains.stream import Stream
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """Batching for a batched map: at most ``max_size`` items, waiting at most
+    ``max_wait_ms`` for more to arrive."""
+
+    max_size: int = 8
+    max_wait_ms: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ChainError(f"Batch.max_size must be >= 1, got {self.max_size}")
+        if self.max_wait_ms < 0:
+            raise ChainError(f"Batch.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+OnLate = Literal["shed", "serve"]
+Device = Literal["cpu", "cuda", "auto"]
+
+
+class Options(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-node options (see DESIGN.md, "Node shapes")."""
+
+    name: str | None = None
+    budget_ms: float | None = None
+    batch: Batch | None = None
+    concurrency: int | None = None  # None: 1 for sync code, 64 for async code
+    replicas: int = 1
+    device: Device = "cpu"
+    retries: int = 0
+    timeout_ms: float | None = None
+    on_late: OnLate = "serve"
+
+    def validate(self, where: str) -> None:
+        def bad(msg: str) -> ChainError:
+            return ChainError(msg, where=where)
+
+        if self.budget_ms is not None and self.budget_ms <= 0:
+            raise bad(f"budget_ms must be > 0, got {self.budget_ms}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise bad(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.replicas < 1:
+            raise bad(f"replicas must be >= 1, got {self.replicas}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise bad(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        if self.retries < 0:
+            raise bad(f"retries must be >= 0, got {self.retries}")
+        if self.timeout_ms is not None and self.timeout_ms <= 0:
+            raise bad(f"timeout_ms must be > 0, got {self.timeout_ms}")
+        if self.on_late not in ("shed", "serve"):
+            raise bad(f"on_late must be 'shed' or 'serve', got {self.on_late!r}")
+        if self.batch is not None and not isinstance(self.batch, Batch):
+            raise bad(f"batch must be chains.Batch(...), got {self.batch!r}")
+
+
+class Shape(StrEnum):
+    MAP = "map"
+    BATCH = "batched map"
+    STREAM_MAP = "streaming map"
+    STREAM = "stream node"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    stream: bool  # annotated Stream[T]: wants a stream
+    type: Any  # the item type (Any when unannotated)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything the compiler and the runtime need to know about a node."""
+
+    name: str
+    impl: Any  # the function, or the class
+    is_class: bool
+    shape: Shape
+    params: tuple[Param, ...]
+    out_type: Any  # item type of the output; None for a sink
+    is_async: bool  # the call is a coroutine / async generator
+    options: Options
+    where: str  # file:line of the definition
+
+    @property
+    def concurrency(self) -> int:
+        if self.options.concurrency is not None:
+            return self.options.concurrency
+        return 64 if self.is_async else 1
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.impl.__module__}:{self.impl.__qualname__}"
+
+
+def describe_type(t: Any) -> str:
+    if t is Any:
+        return "Any"
+    if isinstance(t, type):
+        return t.__name__
+    return str(t).replace("typing.", "")
+
+
+def _is_stream(t: Any) -> bool:
+    return typing.get_origin(t) is Stream or t is Stream
+
+
+def _args(t: Any) -> tuple[Any, ...]:
+    return typing.get_args(t) or (Any,)
+
+
+def _unwrap_optional_any(t: Any) -> Any:
+    return Any if t is inspect.Parameter.empty else t
+
+
+_ITER_ORIGINS = (cabc.AsyncIterator, cabc.AsyncIterable, cabc.AsyncGenerator)
+
+
+def strip_control(t: Any) -> Any:
+    """The data part of a type: control events travel out of band."""
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        kept = [a for a in typing.get_args(t) if not (isinstance(a, type) and issubclass(a, Control))]
+        if not kept:
+            return None
+        if len(kept) == 1:
+            return kept[0]
+        return typing.Union[tuple(kept)]  # noqa: UP007
+    if isinstance(t, type) and issubclass(t, Control):
+        return None
+    return t
+
+
+def analyse(impl: Any, options: Options, where: str) -> NodeSpec:
+    """Read a node's shape and types off its signature."""
+    is_class = inspect.isclass(impl)
+    fn = impl.__call__ if is_class else impl
+    if is_class and fn is object.__call__:
+        raise ChainError(f"node class {impl.__qualname__} must define __call__", where=where)
+    name = options.name or impl.__name__
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:  # unresolvable forward reference
+        raise ChainError(f"cannot resolve the type hints of {name}: {e}", where=where) from e
+    sig = inspect.signature(fn)
+    params: list[Param] = []
+    for i, (pname, p) in enumerate(sig.parameters.items()):
+        if is_class and i == 0:
+            continue  # self
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise ChainError(f"node {name}: *args/**kwargs parameters are not supported", where=where)
+        if p.default is not p.empty:
+            continue  # a parameter with a default is configuration, not an input
+        t = hints.get(pname, Any)
+        if _is_stream(t):
+            params.append(Param(pname, True, _args(t)[0]))
+        else:
+            params.append(Param(pname, False, t))
+    if not params:
+        raise ChainError(f"node {name} takes no input parameter", where=where)
+
+    ret = hints.get("return", Any)
+    is_asyncgen = inspect.isasyncgenfunction(fn)
+    is_coro = inspect.iscoroutinefunction(fn)
+    ret_origin = typing.get_origin(ret)
+    returns_iter = is_asyncgen or ret_origin in _ITER_ORIGINS
+    any_stream = any(p.stream for p in params)
+
+    if any_stream:
+        shape = Shape.STREAM
+        if not returns_iter:
+            raise ChainError(
+                f"stream node {name} must be an async generator (yield its outputs)", where=where
+            )
+        out = _args(ret)[0] if ret_origin in _ITER_ORIGINS else Any
+    elif options.batch is not None:
+        shape = Shape.BATCH
+        if len(params) != 1:
+            raise ChainError(
+                f"batched node {name} must take exactly one list parameter, got {len(params)}",
+                where=where,
+            )
+        if returns_iter:
+            raise ChainError(f"batched node {name} must return a list, not stream", where=where)
+        p = params[0]
+        if p.type is not Any:
+            if typing.get_origin(p.type) not in (list, cabc.Sequence):
+                raise ChainError(
+                    f"batched node {name}: parameter {p.name!r} must be annotated list[T], "
+                    f"got {describe_type(p.type)}",
+                    where=where,
+                )
+            params[0] = Param(p.name, False, _args(p.type)[0])
+        if ret is not Any and typing.get_origin(ret) not in (list, cabc.Sequence):
+            raise ChainError(
+                f"batched node {name} must be annotated to return list[T], got {describe_type(ret)}",
+                where=where,
+            )
+        out = _args(ret)[0] if ret is not Any else Any
+    elif returns_iter:
+        shape = Shape.STREAM_MAP
+        out = _args(ret)[0] if ret_origin in _ITER_ORIGINS else Any
+    else:
+        shape = Shape.MAP
+        out = None if ret is type(None) else ret
+
+    spec = NodeSpec(
+        name=name,
+        impl=impl,
+        is_class=is_class,
+        shape=shape,
+        params=tuple(params),
+        out_type=out,
+        is_async=is_coro or is_asyncgen or (is_class and _has_async_call(impl)),
+        options=options,
+        where=where,
+    )
+    options.validate(where)
+    if shape is Shape.STREAM and not (is_asyncgen or inspect.isasyncgenfunction(fn)):
+        raise ChainError(f"stream node {name} must be an `async def` generator", where=where)
+    if shape is Shape.STREAM_MAP and not is_asyncgen:
+        raise ChainError(f"streaming map {name} must be an `async def` generator", where=where)
+    return spec
+
+
+def _has_async_call(cls: type) -> bool:
+    call = cls.__call__
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+
+
+def compatible(out: Any, want: Any) -> bool:
+    """Can an item of type ``out`` be given where ``want`` is declared?"""
+    if out is Any or want is Any or want is object or out is None:
+        return True
+    want_members = _union_members(want)
+    return all(any(_member_ok(o, w) for w in want_members) for o in _union_members(out))
+
+
+def _union_members(t: Any) -> tuple[Any, ...]:
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        return typing.get_args(t)
+    return (t,)
+
+
+def _member_ok(o: Any, w: Any) -> bool:
+    if o is Any or w is Any or w is object:
+        return True
+    o_origin = typing.get_origin(o) or o
+    w_origin = typing.get_origin(w) or w
+    if isinstance(o_origin, type) and isinstance(w_origin, type):
+        try:
+            return issubclass(o_origin, w_origin)
+        except TypeError:
+            return True
+    return o == w

@@ -1,0 +1,182 @@
+"""Forms batches for a batched stage across every session, by deadline.
+
+One inbox (a heap ordered by deadline, earliest first) holds every session's
+items. When a replica slot is free the batcher decides, from the deadlines it
+holds and the service time it has learned (``CostModel``), whether to dispatch
+now or wait for more:
+
+- dispatch when the batch is full;
+- dispatch when waiting longer would make the earliest deadline miss
+  (``now + t(n+1) + margin >= earliest deadline``);
+- dispatch when the oldest item has waited ``max_wait_ms``;
+- dispatch at once when waiting cannot help: fewer than one more arrival is
+  expected before the batch would have to go anyway.
+
+A busy stage thus batches naturally (items gather while the slot is busy) and an
+idle one adds no wait. Items that can no longer make their deadline, even in a
+batch of their own size, follow the node's ``on_late``: shed (the session gets an
+error event) or served and counted late. That keeps goodput at the physical limit
+under overload instead of serving everyone late.
+
+``policy="window"`` is the fixed size-or-timeout window (Ray Serve's
+``@serve.batch``), kept so benchmarks can compare the two in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from runtime.costmodel import CostModel
+
+Policy = Literal["deadline", "window"]
+
+
+@dataclass(order=True)
+class BatchItem:
+    deadline: float
+    seq: int
+    payload: Any = field(compare=False)
+    future: asyncio.Future[Any] = field(compare=False)
+    enqueued: float = field(compare=False)
+    alive: Callable[[], bool] = field(compare=False)  # False: the session or turn is gone
+
+
+class Batcher:
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        max_wait_s: float,
+        on_late: str,
+        policy: Policy = "deadline",
+        cost: CostModel | None = None,
+        on_shed: Callable[[BatchItem, float], None] | None = None,
+        on_stale: Callable[[BatchItem], None] | None = None,
+    ):
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.on_late = on_late
+        self.policy = policy
+        self.cost = cost or CostModel()
+        self.on_shed = on_shed
+        self.on_stale = on_stale
+        self._heap: list[BatchItem] = []
+        self._seq = itertools.count()
+        self._arrival: asyncio.Event = asyncio.Event()
+        self._last_arrival = 0.0
+        self._gap_ewma = math.inf  # mean time between arrivals
+        self.margin_s = 0.002
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    # --- intake ---------------------------------------------------------------------
+    def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
+        now = time.monotonic()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, BatchItem(deadline, next(self._seq), payload, fut, now, alive))
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            self._gap_ewma = gap if math.isinf(self._gap_ewma) else 0.9 * self._gap_ewma + 0.1 * gap
+        self._last_arrival = now
+        self._arrival.set()
+        return fut
+
+    @property
+    def arrival_rate(self) -> float:
+        return 0.0 if math.isinf(self._gap_ewma) or self._gap_ewma <= 0 else 1.0 / self._gap_ewma
+
+    # --- forming a batch ------------------------------------------------------------
+    def _prune(self) -> None:
+        """Drop items whose session is gone or whose turn was interrupted."""
+        if any(not (it.alive() and not it.future.done()) for it in self._heap):
+            keep = []
+            for it in self._heap:
+                if it.alive() and not it.future.done():
+                    keep.append(it)
+                else:
+                    if not it.future.done():
+                        it.future.cancel()
+                    if self.on_stale:
+                        self.on_stale(it)
+            heapq.heapify(keep)
+            self._heap = keep
+
+    async def _wait_arrival(self, timeout: float | None) -> None:
+        self._arrival.clear()
+        if timeout is None:
+            await self._arrival.wait()
+            return
+        if timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrival.wait(), timeout)
+
+    def _should_wait(self, now: float) -> float | None:
+        """How long to wait for more items, or None to dispatch now."""
+        n = len(self._heap)
+        if n >= self.max_size:
+            return None
+        oldest = min(it.enqueued for it in self._heap)
+        window_end = oldest + self.max_wait_s
+        if self.policy == "window":
+            return window_end - now if window_end > now else None
+        earliest = self._heap[0].deadline
+        latest_start = earliest - self.cost.predict(n + 1) - self.margin()
+        horizon = min(window_end, latest_start)
+        if horizon <= now:
+            return None
+        if self.arrival_rate * (horizon - now) < 1.0:
+            return None  # waiting cannot help: no further arrival is expected in time
+        return horizon - now
+
+    def margin(self) -> float:
+        return max(self.margin_s, 2.0 * self.cost.resid)
+
+    async def next_batch(self) -> list[BatchItem]:
+        """Wait for and return the next batch (called when a slot is free)."""
+        while True:
+            self._prune()
+            if not self._heap:
+                await self._wait_arrival(None)
+                continue
+            wait = self._should_wait(time.monotonic())
+            if wait is None:
+                batch = self._take(time.monotonic())
+                if batch:
+                    return batch
+                continue
+            await self._wait_arrival(wait)
+
+    def _take(self, now: float) -> list[BatchItem]:
+        batch: list[BatchItem] = []
+        while self._heap and len(batch) < self.max_size:
+            batch.append(heapq.heappop(self._heap))
+        if self.policy == "window" or self.on_late != "shed":
+            return batch
+        # Shed what cannot make its deadline in this batch, refilling from the heap.
+        while True:
+            finish = now + self.cost.predict(len(batch))
+            hopeless = [it for it in batch if it.deadline < finish]
+            if not hopeless or self.cost.n == 0:
+                return batch
+            for it in hopeless:
+                batch.remove(it)
+                if self.on_shed:
+                    self.on_shed(it, finish - it.deadline)
+            added = False
+            while self._heap and len(batch) < self.max_size:
+                batch.append(heapq.heappop(self._heap))
+                added = True
+            if not added and not hopeless:
+                return batch
+            if not batch:
+                return batch

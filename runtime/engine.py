@@ -1,0 +1,250 @@
+"""The runtime of one chain: it owns the stages (replicas, batchers) and the
+sessions, and it is the one place that admits or refuses a new session.
+
+Use it as an async context manager; while it is open, ``chains.call`` and
+``chains.stream`` on its chain run as its sessions (so they share its models and
+batches). Every task it starts lives in its task group and ends with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import anyio
+
+from chains.errors import ChainError, NodeError, Overloaded
+from chains.messages import ErrorEvent
+from runtime.batcher import Policy
+from runtime.envelope import Envelope  # noqa: F401  (re-exported for transports)
+from runtime.logs import get_logger
+from runtime.metrics import COLLECTOR, ChainMetrics
+from runtime.session import ERROR, EVENTS, Output, Session
+from runtime.stage import make_stages
+
+_active: contextvars.ContextVar[dict[int, Runtime]] = contextvars.ContextVar("chains_runtimes", default={})  # noqa: B039
+
+
+def active_runtime(chain: Any) -> Runtime | None:
+    """The runtime serving ``chain`` in this context, if one is open."""
+    return _active.get().get(id(chain))
+
+
+class Runtime:
+    def __init__(
+        self,
+        chain: Any,
+        *,
+        max_sessions: int | None = None,
+        max_queue: int | None = None,
+        batch_policy: Policy = "deadline",
+        register_metrics: bool = True,
+    ):
+        graph = getattr(chain, "graph", None)
+        if graph is None:
+            raise ChainError(f"expected a @chains.chain, got {chain!r}")
+        self.chain = chain
+        self.graph = graph
+        self.max_sessions = max_sessions
+        self.max_queue = max_queue
+        self.metrics = ChainMetrics(graph.name)
+        self._register = register_metrics
+        self.stages, self._replica_sets = make_stages(
+            graph.name, graph.nodes, self.metrics.stage, batch_policy
+        )
+        self.budget_s = chain.budget_ms / 1000.0 if getattr(chain, "budget_ms", None) else None
+        self.sessions: dict[str, Session] = {}
+        self.log = get_logger(chain=graph.name)
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tg: Any = None
+        self._token: contextvars.Token | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def __aenter__(self) -> Runtime:
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._close_replicas)
+            t0 = time.monotonic()
+            for rs in self._replica_sets:
+                await rs.start()
+            self.log.info("started", nodes=len(self.stages), load_s=round(time.monotonic() - t0, 3))
+            for st in self.stages:
+                if st.batcher is not None:
+                    self._tg.start_soon(st.run_batcher, name=f"batcher:{st.name}")
+            self._tg.start_soon(self._refresh_budgets, name="budgets")
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        if self._register:
+            COLLECTOR.register(self.metrics)
+        active = dict(_active.get())
+        active[id(self.chain)] = self
+        self._token = _active.set(active)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._token is not None:
+            _active.reset(self._token)
+            self._token = None
+        if self._register:
+            COLLECTOR.unregister(self.metrics)
+        assert self._stack is not None
+        self._tg.cancel_scope.cancel()
+        return await self._stack.__aexit__(*exc)
+
+    async def _close_replicas(self) -> None:
+        for rs in self._replica_sets:
+            await rs.close()
+
+    async def _refresh_budgets(self) -> None:
+        """Keep each stage's view of what the stages after it need (longest path)."""
+        nodes = self.graph.nodes
+        while True:
+            need = [0.0] * len(nodes)
+            for n in reversed(nodes):
+                after = 0.0
+                for c, _ in n.consumers:
+                    after = max(after, need[c])
+                self.stages[n.index].downstream_s = after
+                need[n.index] = after + self.stages[n.index].expected_service_s()
+            await anyio.sleep(0.25)
+
+    # --- admission ------------------------------------------------------------------
+    def _admit(self) -> None:
+        if self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
+            self.metrics.sessions_refused += 1
+            raise Overloaded(f"chain {self.graph.name!r} is at its limit of {self.max_sessions} sessions")
+        if self.max_queue is not None:
+            for st in self.stages:
+                queued = len(st.batcher) if st.batcher is not None else st.limiter.waiting
+                if queued >= self.max_queue:
+                    self.metrics.sessions_refused += 1
+                    raise Overloaded(f"stage {st.name!r} has {queued} items queued (limit {self.max_queue})")
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        """Open a session: feed it with ``send``/``close_input``, read it with ``receive``."""
+        if self._tg is None:
+            raise RuntimeError("the runtime is not running: use `async with Runtime(chain)`")
+        self._admit()
+        sess = Session(
+            self.graph, self.stages, budget_s=self.budget_s, metrics=self.metrics, on_close=self._forget
+        )
+        self.sessions[sess.id] = sess
+        self.metrics.sessions_total += 1
+        self.metrics.sessions_active = len(self.sessions)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sess.run, name=f"session:{sess.id}")
+                try:
+                    yield sess
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            sess._close()
+
+    def _forget(self, sess: Session) -> None:
+        self.sessions.pop(sess.id, None)
+        self.metrics.sessions_active = len(self.sessions)
+
+    # --- one-shot helpers -----------------------------------------------------------
+    async def _feed(self, sess: Session, inputs: tuple[Any, ...]) -> None:
+        for i, (inp, value) in enumerate(zip(self.graph.inputs, inputs, strict=True)):
+            if inp.stream:
+                if hasattr(value, "__aiter__"):
+                    async for item in value:
+                        await sess.send(item, i)
+                elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+                    for item in value:
+                        await sess.send(item, i)
+                else:
+                    raise TypeError(
+                        f"chain input {inp.name!r} is a Stream: pass an iterable or async iterable, "
+                        f"got {type(value).__name__}"
+                    )
+            else:
+                await sess.send(value, i)
+            sess.close_input(i)
+
+    def _check_arity(self, inputs: tuple[Any, ...]) -> None:
+        want = len(self.graph.inputs)
+        if len(inputs) != want:
+            names = ", ".join(i.name for i in self.graph.inputs)
+            raise TypeError(f"chain {self.graph.name!r} takes {want} input(s) ({names}), got {len(inputs)}")
+
+    async def pump(self, inputs: tuple[Any, ...], tx: Any) -> None:
+        """Run one session on ``inputs`` and send its outputs to ``tx``."""
+        self._check_arity(inputs)
+        async with tx, self.session() as sess, anyio.create_task_group() as tg:
+            tg.start_soon(self._feed, sess, inputs)
+            async for out in sess:
+                await tx.send(out)
+
+    async def call(self, *inputs: Any) -> Any:
+        """Run one session to completion and return its outputs."""
+        self._check_arity(inputs)
+        collected: dict[str, list[Any]] = {k: [] for k in self.graph.outputs}
+        failure: NodeError | None = None
+        async with self.session() as sess, anyio.create_task_group() as tg:
+            tg.start_soon(self._feed, sess, inputs)
+            async for out in sess:
+                if out.name == ERROR:
+                    ev: ErrorEvent = out.value
+                    failure = NodeError(ev.node, ev.message, code=ev.code)
+                    tg.cancel_scope.cancel()
+                    break
+                if out.name == EVENTS:
+                    continue
+                collected[out.name].append(out.value)
+        if failure is not None:
+            raise failure
+        result = {}
+        for k, h in self.graph.outputs.items():
+            vals = collected[k]
+            result[k] = vals if h.stream else (vals[0] if vals else None)
+        keys = list(result)
+        if keys == ["output"]:
+            return result["output"]
+        if all(k.isdigit() for k in keys):
+            return tuple(result[str(i)] for i in range(len(keys)))
+        return result
+
+
+async def stream_outputs(chain: Any, inputs: tuple[Any, ...]) -> AsyncIterator[Output]:
+    """Outputs of one session as they come, for ``chains.stream``.
+
+    The session runs in a task this generator owns (cancelled and awaited when the
+    generator finishes or is closed), so no task group is held open across a
+    ``yield``: a consumer's own cancellation never lands inside the session.
+    """
+    tx, rx = anyio.create_memory_object_stream[Output](0)
+
+    async def run() -> None:
+        rt = active_runtime(chain)
+        if rt is not None:
+            await rt.pump(inputs, tx)
+            return
+        async with Runtime(chain) as rt:
+            await rt.pump(inputs, tx)
+
+    task = asyncio.ensure_future(run())
+    try:
+        async with rx:
+            async for out in rx:
+                yield out
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+__all__ = ["Runtime", "active_runtime", "stream_outputs"]

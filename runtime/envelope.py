@@ -1,0 +1,20 @@
+"""The envelope around every item on an edge; users never see it.
+
+It carries what the runtime needs to keep budgets and turns: the item's sequence
+number in its session, when the input that caused it arrived (``origin``), its
+deadline, and the turn epoch it belongs to. Immutable, so fan-out shares one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Envelope(msgspec.Struct, frozen=True, gc=False):
+    payload: Any
+    seq: int
+    origin: float  # time.monotonic() when the causing input arrived
+    deadline: float  # time.monotonic() by which the chain's output is due (inf: none)
+    epoch: int  # the session's turn epoch when the causing input arrived

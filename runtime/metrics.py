@@ -1,0 +1,227 @@
+"""Stage and session metrics, cheap enough for the per-item hot path.
+
+Recording is a few integer and list operations (no locks, no label lookups), so
+it stays on in benchmarks. Percentiles come from fixed log-spaced histograms, never
+from kept samples, so memory is flat however long a server runs. Exposition goes
+through ``prometheus_client``: a custom collector turns these objects into metric
+families at scrape time, and tests and benchmarks read the same objects directly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import generate_latest
+
+
+def _log_buckets(lo: float, hi: float, per_decade: int) -> list[float]:
+    n = math.ceil(math.log10(hi / lo) * per_decade)
+    return [lo * 10 ** (i / per_decade) for i in range(n + 1)]
+
+
+TIME_BUCKETS = _log_buckets(1e-5, 120.0, 12)  # 10 µs .. 2 min, ~21% apart
+SIZE_BUCKETS = [float(b) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)]
+
+
+class Histogram:
+    """Counts per fixed bucket; quantiles by interpolation inside a bucket."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: list[float] = TIME_BUCKETS):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.count += 1
+        self.sum += v
+
+    def quantile(self, q: float) -> float:
+        if self.count == 0:
+            return math.nan
+        rank = q * self.count
+        seen = 0
+        for i, c in enumerate(self.counts):
+            if c and seen + c >= rank:
+                lo = self.bounds[i - 1] if i > 0 else 0.0
+                hi = self.bounds[i] if i < len(self.bounds) else self.bounds[-1]
+                return lo + (hi - lo) * ((rank - seen) / c)
+            seen += c
+        return self.bounds[-1]
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else math.nan
+
+    def summary(self, scale: float = 1.0) -> dict[str, float]:
+        return {
+            "count": self.count,
+            "mean": self.mean * scale,
+            "p50": self.quantile(0.5) * scale,
+            "p95": self.quantile(0.95) * scale,
+            "p99": self.quantile(0.99) * scale,
+        }
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, acc = [], 0
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            out.append((repr(b), acc))
+        out.append(("+Inf", self.count))
+        return out
+
+
+class StageMetrics:
+    """What one stage did, across every session."""
+
+    def __init__(self, chain: str, node: str):
+        self.chain = chain
+        self.node = node
+        self.items = 0  # items served (each item of a batch counts)
+        self.errors = 0
+        self.shed = 0  # dropped because they could no longer make their deadline
+        self.late = 0  # served after their deadline (on_late="serve")
+        self.stale = 0  # dropped because their turn was interrupted
+        self.queue_wait = Histogram()
+        self.service = Histogram()  # per call (per batch for batched stages)
+        self.batch_size = Histogram(SIZE_BUCKETS)
+        self.queued = 0  # gauge: items waiting now
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "errors": self.errors,
+            "shed": self.shed,
+            "late": self.late,
+            "stale": self.stale,
+            "queued": self.queued,
+            "queue_wait_ms": self.queue_wait.summary(1000.0),
+            "service_ms": self.service.summary(1000.0),
+            "batch_size": self.batch_size.summary(),
+        }
+
+
+class ChainMetrics:
+    """Per-chain session figures: admissions and per-turn latencies."""
+
+    def __init__(self, chain: str):
+        self.chain = chain
+        self.sessions_active = 0
+        self.sessions_total = 0
+        self.sessions_refused = 0
+        self.first_output = Histogram()  # input origin -> first output of the turn
+        self.end_to_end = Histogram()  # input origin -> each output
+        self.stages: dict[str, StageMetrics] = {}
+
+    def stage(self, node: str) -> StageMetrics:
+        m = self.stages.get(node)
+        if m is None:
+            m = self.stages[node] = StageMetrics(self.chain, node)
+        return m
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "sessions_active": self.sessions_active,
+            "sessions_total": self.sessions_total,
+            "sessions_refused": self.sessions_refused,
+            "first_output_ms": self.first_output.summary(1000.0),
+            "end_to_end_ms": self.end_to_end.summary(1000.0),
+            "stages": {k: v.snapshot() for k, v in self.stages.items()},
+        }
+
+
+class MetricsCollector:
+    """A prometheus_client collector over every registered chain's metrics."""
+
+    def __init__(self) -> None:
+        self.chains: dict[str, ChainMetrics] = {}
+
+    def register(self, m: ChainMetrics) -> None:
+        self.chains[m.chain] = m
+
+    def unregister(self, m: ChainMetrics) -> None:
+        if self.chains.get(m.chain) is m:
+            del self.chains[m.chain]
+
+    def collect(self) -> Iterator[Any]:
+        sessions = GaugeMetricFamily("chains_sessions_active", "Live sessions", labels=["chain"])
+        total = CounterMetricFamily("chains_sessions", "Sessions admitted", labels=["chain"])
+        refused = CounterMetricFamily(
+            "chains_sessions_refused", "Sessions refused (overloaded)", labels=["chain"]
+        )
+        ttfo = HistogramMetricFamily(
+            "chains_first_output_seconds", "Input to first output of a turn", labels=["chain"]
+        )
+        e2e = HistogramMetricFamily("chains_end_to_end_seconds", "Input to output", labels=["chain"])
+        items = CounterMetricFamily("chains_stage_items", "Items served", labels=["chain", "node"])
+        errors = CounterMetricFamily("chains_stage_errors", "Items failed", labels=["chain", "node"])
+        shed = CounterMetricFamily(
+            "chains_stage_shed", "Items shed past their deadline", labels=["chain", "node"]
+        )
+        late = CounterMetricFamily("chains_stage_late", "Items served late", labels=["chain", "node"])
+        stale = CounterMetricFamily(
+            "chains_stage_stale", "Items dropped by an interrupt", labels=["chain", "node"]
+        )
+        queued = GaugeMetricFamily("chains_stage_queued", "Items waiting", labels=["chain", "node"])
+        wait = HistogramMetricFamily(
+            "chains_stage_queue_wait_seconds", "Queue wait", labels=["chain", "node"]
+        )
+        svc = HistogramMetricFamily(
+            "chains_stage_service_seconds", "Service time per call", labels=["chain", "node"]
+        )
+        bsz = HistogramMetricFamily("chains_stage_batch_size", "Batch size", labels=["chain", "node"])
+        for c in list(self.chains.values()):
+            sessions.add_metric([c.chain], c.sessions_active)
+            total.add_metric([c.chain], c.sessions_total)
+            refused.add_metric([c.chain], c.sessions_refused)
+            ttfo.add_metric([c.chain], c.first_output.cumulative(), c.first_output.sum)
+            e2e.add_metric([c.chain], c.end_to_end.cumulative(), c.end_to_end.sum)
+            for s in list(c.stages.values()):
+                lab = [c.chain, s.node]
+                items.add_metric(lab, s.items)
+                errors.add_metric(lab, s.errors)
+                shed.add_metric(lab, s.shed)
+                late.add_metric(lab, s.late)
+                stale.add_metric(lab, s.stale)
+                queued.add_metric(lab, s.queued)
+                wait.add_metric(lab, s.queue_wait.cumulative(), s.queue_wait.sum)
+                svc.add_metric(lab, s.service.cumulative(), s.service.sum)
+                bsz.add_metric(lab, s.batch_size.cumulative(), s.batch_size.sum)
+        yield from (
+            sessions,
+            total,
+            refused,
+            ttfo,
+            e2e,
+            items,
+            errors,
+            shed,
+            late,
+            stale,
+            queued,
+            wait,
+            svc,
+            bsz,
+        )
+
+
+COLLECTOR = MetricsCollector()
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(COLLECTOR)
+
+
+def prometheus_text() -> bytes:
+    """The Prometheus exposition of every live chain (what /metrics serves)."""
+    return generate_latest(REGISTRY)
