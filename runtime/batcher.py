@@ -9,11 +9,13 @@ now or wait for more:
 - dispatch when waiting longer would make the earliest deadline miss
   (``now + t(n+1) + margin >= earliest deadline``);
 - dispatch when the oldest item has waited ``max_wait_ms``;
-- dispatch at once when waiting cannot help: fewer than one more arrival is
+- dispatch at once when waiting cannot help: no other batch is running (the
+  hardware would sit idle while we wait), or fewer than one more arrival is
   expected before the batch would have to go anyway.
 
-A busy stage thus batches naturally (items gather while the slot is busy) and an
-idle one adds no wait. Items that can no longer make their deadline, even in a
+A busy stage thus batches naturally (items gather while its batches run: with
+cost ``a + k*b`` this greedy batch size is stable for any load below the
+physical limit) and an idle one adds no wait. Items that can no longer make their deadline, even in a
 batch of their own size, follow the node's ``on_late``: shed (the session gets an
 error event) or served and counted late. That keeps goodput at the physical limit
 under overload instead of serving everyone late.
@@ -74,6 +76,7 @@ class Batcher:
         self._last_arrival = 0.0
         self._gap_ewma = math.inf  # mean time between arrivals
         self.margin_s = 0.002
+        self.in_flight = 0  # batches running now (maintained by the stage)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -129,6 +132,8 @@ class Batcher:
         window_end = oldest + self.max_wait_s
         if self.policy == "window":
             return window_end - now if window_end > now else None
+        if self.in_flight == 0:
+            return None  # the hardware is idle: waiting cannot help
         earliest = self._heap[0].deadline
         latest_start = earliest - self.cost.predict(n + 1) - self.margin()
         horizon = min(window_end, latest_start)
@@ -137,6 +142,11 @@ class Batcher:
         if self.arrival_rate * (horizon - now) < 1.0:
             return None  # waiting cannot help: no further arrival is expected in time
         return horizon - now
+
+    def batch_done(self) -> None:
+        """A batch finished: re-evaluate a pending wait (the hardware may be idle now)."""
+        self.in_flight -= 1
+        self._arrival.set()
 
     def margin(self) -> float:
         return max(self.margin_s, 2.0 * self.cost.resid)
@@ -172,11 +182,7 @@ class Batcher:
                 batch.remove(it)
                 if self.on_shed:
                     self.on_shed(it, finish - it.deadline)
-            added = False
             while self._heap and len(batch) < self.max_size:
                 batch.append(heapq.heappop(self._heap))
-                added = True
-            if not added and not hopeless:
-                return batch
             if not batch:
                 return batch

@@ -187,6 +187,10 @@ class Runtime:
             async for out in sess:
                 await tx.send(out)
 
+    def stream(self, *inputs: Any) -> AsyncIterator[Output]:
+        """Run one session on ``inputs``; yield its outputs as they are produced."""
+        return stream_outputs(self.chain, inputs, runtime=self)
+
     async def call(self, *inputs: Any) -> Any:
         """Run one session to completion and return its outputs."""
         self._check_arity(inputs)
@@ -217,7 +221,9 @@ class Runtime:
         return result
 
 
-async def stream_outputs(chain: Any, inputs: tuple[Any, ...]) -> AsyncIterator[Output]:
+async def stream_outputs(
+    chain: Any, inputs: tuple[Any, ...], runtime: Runtime | None = None
+) -> AsyncIterator[Output]:
     """Outputs of one session as they come, for ``chains.stream``.
 
     The session runs in a task this generator owns (cancelled and awaited when the
@@ -227,7 +233,7 @@ async def stream_outputs(chain: Any, inputs: tuple[Any, ...]) -> AsyncIterator[O
     tx, rx = anyio.create_memory_object_stream[Output](0)
 
     async def run() -> None:
-        rt = active_runtime(chain)
+        rt = runtime or active_runtime(chain)
         if rt is not None:
             await rt.pump(inputs, tx)
             return

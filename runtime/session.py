@@ -162,7 +162,7 @@ class Session:
         finally:
             close_all(senders)
             for rx in rxs:
-                rx.close()
+                rx.close_receiver()
 
     def _context(self, node: GraphNode) -> NodeContext:
         return NodeContext(self.id, node.name, self._state.setdefault(node.name, {}), lambda: self.epoch)
@@ -245,7 +245,7 @@ class Session:
                 try:
                     tx.send_nowait(out)
                 except WouldBlock:
-                    await tx.send(out)
+                    await fan_out((tx,), out)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
 
@@ -358,10 +358,10 @@ class Session:
         batcher = stage.batcher
         assert batcher is not None
         window = batcher.max_size
-        pend_tx, pend_rx = anyio.create_memory_object_stream[tuple[Envelope, Any]](window)
+        pend_tx, pend_rx = edge(window)
 
         async def emit() -> None:
-            async with pend_rx:
+            try:
                 async for env, fut in pend_rx:
                     try:
                         result = await fut
@@ -377,10 +377,12 @@ class Session:
                         await self._control(result, env)
                         continue
                     await fan_out(senders, Envelope(result, env.seq, env.origin, env.deadline, env.epoch))
+            finally:
+                pend_rx.close_receiver()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(emit)
-            async with pend_tx:
+            try:
                 while True:
                     env = await self._next_live(rx, stage)
                     if env is None:
@@ -393,6 +395,8 @@ class Session:
                     fut = batcher.submit(env.payload, stage.deadline(env.deadline, time.monotonic()), alive)
                     stage.metrics.queued = len(batcher)
                     await pend_tx.send((env, fut))
+            finally:
+                pend_tx.close()
 
     async def _run_stream_node(
         self, stage: Stage, node: GraphNode, rxs: list[Any], senders: list[Any]
@@ -442,7 +446,10 @@ class Session:
         else:
             stage.metrics.errors += 1
             code, msg = "node_error", f"{type(exc).__name__}: {exc}"
-        self.log.warning("item_failed", node=stage.name, code=code, error=msg)
+        if code == "shed":
+            self.log.debug("item_shed", node=stage.name, error=msg)
+        else:
+            self.log.warning("item_failed", node=stage.name, code=code, error=msg)
         now = time.monotonic()
         await self._side(
             ERROR, Envelope(ErrorEvent(node=stage.name, code=code, message=msg), -1, now, now, self.epoch)
@@ -520,6 +527,6 @@ class Session:
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._out_rx.close()
+            self._out_rx.close_receiver()
             if self._on_close:
                 self._on_close(self)

@@ -186,6 +186,7 @@ class Stage:
                     self.limiter.release()
                     raise
                 self.metrics.queued = len(self.batcher)
+                self.batcher.in_flight += 1
                 tg.start_soon(self._run_batch, batch)
 
     async def _run_batch(self, batch: list[BatchItem]) -> None:
@@ -218,6 +219,7 @@ class Stage:
                 if not it.future.done():
                     it.future.set_result(r)
         finally:
+            self.batcher.batch_done()  # type: ignore[union-attr]
             self.limiter.release()
 
 

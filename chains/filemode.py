@@ -1,0 +1,160 @@
+"""``chains run FILE --input PATH [--output PATH]``: one session from a file.
+
+The input is read according to the chain's input type: a ``.wav`` becomes 20 ms
+``AudioFrame``s, a ``.json`` is decoded into the declared type, any other file is
+text (a ``Text`` value, or one item per line for a stream input). Outputs print as
+they arrive; audio outputs are written to ``--output`` as a wav file; per-stage
+figures print at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from chains.errors import ChainError
+from chains.messages import AudioFrame, Embedding, Entities, ErrorEvent, Text, TextDelta, Utterance
+from chains.node import Chain
+
+FRAME_MS = 20
+
+
+def read_wav_frames(path: Path) -> list[AudioFrame]:
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise ChainError(
+                    f"{path}: need PCM16 mono audio, got {w.getnchannels()} channel(s) of "
+                    f"{8 * w.getsampwidth()}-bit samples"
+                )
+            rate = w.getframerate()
+            pcm = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise ChainError(f"{path}: not a readable wav file ({e})") from e
+    step = rate * FRAME_MS // 1000 * 2
+    return [AudioFrame(pcm=pcm[i : i + step], sample_rate=rate) for i in range(0, len(pcm), step)]
+
+
+def write_wav(path: Path, frames: list[AudioFrame]) -> float:
+    rate = frames[0].sample_rate if frames else 16000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        for f in frames:
+            w.writeframes(f.pcm)
+    return sum(len(f.pcm) for f in frames) / 2 / rate
+
+
+def read_input(chain: Chain, path: Path) -> Any:
+    inputs = chain.graph.inputs
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise ChainError(f"--input feeds one chain input, but {chain.name} has {len(inputs)} ({names})")
+    if not path.exists():
+        raise ChainError(f"--input: no such file: {path}")
+    inp = inputs[0]
+    t = inp.type
+    if path.suffix.lower() == ".wav":
+        frames = read_wav_frames(path)
+        return (
+            frames
+            if inp.stream
+            else AudioFrame(pcm=b"".join(f.pcm for f in frames), sample_rate=frames[0].sample_rate)
+        )
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            return msgspec.json.decode(raw.encode(), type=list[t] if inp.stream else t)
+        except msgspec.ValidationError as e:
+            raise ChainError(f"--input {path}: {e}") from e
+    if inp.stream:
+        lines = [line for line in raw.splitlines() if line.strip()]
+        return [Text(text=line) for line in lines] if t in (Text, Any) else lines
+    return Text(text=raw.strip()) if t in (Text, Any) else raw
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, Text | TextDelta):
+        return value.text
+    if isinstance(value, Entities):
+        return ", ".join(f"{e.text} ({e.label})" for e in value.entities) or "(no entities)"
+    if isinstance(value, Embedding):
+        return f"embedding dim={value.dim} [{', '.join(f'{v:.3f}' for v in value.vector[:4])}, ...]"
+    if isinstance(value, Utterance):
+        return f"utterance {value.duration_ms:.0f} ms"
+    try:
+        return msgspec.json.encode(value).decode()
+    except TypeError:
+        return repr(value)
+
+
+async def run_file(chain: Chain, input_path: Path, output_path: Path | None, out: Any = sys.stdout) -> int:
+    from runtime.engine import Runtime
+
+    value = read_input(chain, input_path)
+    audio: list[AudioFrame] = []
+    failures = 0
+    t_start = time.monotonic()
+    streaming_text: str | None = None
+    async with Runtime(chain) as rt:
+        t_loaded = time.monotonic()
+        print(f"[{chain.name}] loaded in {t_loaded - t_start:.1f} s", file=out)
+        async for o in rt.stream(value):
+            if o.name == "error":
+                ev: ErrorEvent = o.value
+                failures += 1
+                print(f"\nerror in node {ev.node!r} ({ev.code}): {ev.message}", file=sys.stderr)
+                continue
+            if o.name == "events":
+                continue
+            if isinstance(o.value, AudioFrame):
+                audio.append(o.value)
+                continue
+            if isinstance(o.value, TextDelta):
+                if streaming_text != o.name:
+                    print(f"\n{o.name}: ", end="", file=out)
+                    streaming_text = o.name
+                print(o.value.text, end="", flush=True, file=out)
+                continue
+            if streaming_text is not None:
+                print(file=out)
+                streaming_text = None
+            print(f"{o.name}: {describe(o.value)}", file=out, flush=True)
+        if streaming_text is not None:
+            print(file=out)
+        snap = rt.metrics.snapshot()
+    if audio:
+        if output_path is None:
+            print(f"(reply audio: {len(audio)} frames; pass --output reply.wav to keep it)", file=out)
+        else:
+            secs = write_wav(output_path, audio)
+            print(f"wrote {output_path} ({secs:.1f} s of audio)", file=out)
+    print_figures(snap, time.monotonic() - t_loaded, out)
+    return 1 if failures else 0
+
+
+def print_figures(snap: dict[str, Any], wall_s: float, out: Any) -> None:
+    print(
+        f"\nsession: {wall_s * 1000:.0f} ms; first output after {snap['first_output_ms']['p50']:.0f} ms",
+        file=out,
+    )
+    print(f"{'stage':<18}{'items':>7}{'service p50 ms':>16}{'queue p50 ms':>14}{'batch mean':>12}", file=out)
+    for name, st in snap["stages"].items():
+        svc = st["service_ms"]["p50"]
+        q = st["queue_wait_ms"]["p50"]
+        b = st["batch_size"]["mean"]
+        print(
+            f"{name:<18}{st['items']:>7}{_f(svc):>16}{_f(q):>14}{_f(b):>12}",
+            file=out,
+        )
+
+
+def _f(x: float) -> str:
+    return "-" if x != x else f"{x:.1f}"  # NaN: nothing measured
