@@ -240,7 +240,8 @@ def main() -> None:
     for name in ("chains", "asyncio_queue", "anyio_stream"):
         r = res[name]
         print(
-            f"  {name:<15} throughput {r['hop_us_throughput']:6.2f} µs   latency {r['hop_us_latency_p50']:6.2f} µs"
+            f"  {name:<15} throughput {r['hop_us_throughput']:6.2f} µs"
+            f"   latency {r['hop_us_latency_p50']:6.2f} µs"
         )
     for floor in ("asyncio_queue", "anyio_stream"):
         r = res[f"ratio_vs_{floor}"]

@@ -27,10 +27,21 @@ from chains.messages import (
 from chains.models import ModelRef
 from chains.node import Chain, NodeClass, NodeDef, NodeTemplate, chain, node
 from chains.spec import Batch
-from chains.stream import Stream
-from runtime import Output, Runtime, Session
+from chains.streams import Stream
+
+from chains.api import call, running, stream  # noqa: I001  (the facade, last)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``chains.Runtime``, ``chains.Session``, ``chains.Output``: the runtime's public
+    classes, imported on first use (the runtime itself imports this vocabulary)."""
+    if name in ("Runtime", "Output", "Session"):
+        import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'chains' has no attribute {name!r}")
 
 __all__ = [
     "AudioFrame",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runtime.engine import Runtime, active_runtime, stream_outputs
-from runtime.session import Output
+if TYPE_CHECKING:  # the runtime imports the vocabulary; import it back only when running
+    from runtime.engine import Runtime
+    from runtime.session import Output
 
 
 async def call(chain: Any, *inputs: Any) -> Any:
@@ -18,6 +19,8 @@ async def call(chain: Any, *inputs: Any) -> Any:
     session of that runtime (shared models and batches); otherwise a runtime is
     started for this call alone.
     """
+    from runtime.engine import Runtime, active_runtime
+
     rt = active_runtime(chain)
     if rt is not None:
         return await rt.call(*inputs)
@@ -31,9 +34,15 @@ def stream(chain: Any, *inputs: Any) -> AsyncIterator[Output]:
     Errors arrive as outputs named ``"error"`` carrying an ``ErrorEvent``; the
     session goes on. An input may be an async iterable (e.g. audio frames).
     """
+    from runtime.engine import stream_outputs
+
     return stream_outputs(chain, inputs)
 
 
 def running(chain: Any, **options: Any) -> Runtime:
     """``async with chains.running(chain):`` serves ``chain`` for every call inside."""
+    from runtime.engine import Runtime
+
     return Runtime(chain, **options)
+
+

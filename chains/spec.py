@@ -24,7 +24,7 @@ import msgspec
 
 from chains.errors import ChainError
 from chains.messages import Control
-from chains.stream import Stream
+from chains.streams import Stream
 
 
 class Batch(msgspec.Struct, frozen=True):

@@ -14,6 +14,7 @@ read like anyio code. Backpressure holds: ``send`` on a full edge suspends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -168,10 +169,8 @@ async def fan_out(senders: Sequence[Any], item: Any) -> None:
         try:
             tx.send_nowait(item)
         except WouldBlock:
-            try:
+            with contextlib.suppress(BrokenResourceError, ClosedResourceError):
                 await tx.send(item)
-            except (BrokenResourceError, ClosedResourceError):
-                pass
         except (BrokenResourceError, ClosedResourceError):
             pass  # that consumer is gone (its branch ended); the others go on
 

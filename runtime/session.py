@@ -24,7 +24,7 @@ from chains.errors import NodeError
 from chains.graph import Graph, GraphNode
 from chains.messages import Control, ErrorEvent, Interrupt
 from chains.spec import Shape
-from chains.stream import Stream
+from chains.streams import Stream
 from runtime.channels import Tagged, close_all, edge, fan_out
 from runtime.envelope import Envelope
 from runtime.logs import get_logger
