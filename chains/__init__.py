@@ -29,8 +29,6 @@ from chains.node import Chain, NodeClass, NodeDef, NodeTemplate, chain, node
 from chains.spec import Batch
 from chains.streams import Stream
 
-from chains.api import call, running, stream  # noqa: I001  (the facade, last)
-
 __version__ = "0.1.0"
 
 

@@ -25,7 +25,9 @@ def make(policy: str = "deadline", max_size: int = 8, max_wait_s: float = 0.020,
                    cost=cost or trained(), **kw)
 
 
-def fill(b: Batcher, deadlines: list[float], rate: float = 1000.0, alive=lambda: True) -> list[asyncio.Future]:
+def fill(
+    b: Batcher, deadlines: list[float], rate: float = 1000.0, alive=lambda: True
+) -> list[asyncio.Future]:
     futs = [b.submit(i, d, alive) for i, d in enumerate(deadlines)]
     b._gap_ewma = 1.0 / rate  # arrivals every 1 ms
     for it in b._heap:
