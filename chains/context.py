@@ -14,16 +14,25 @@ from typing import Any
 
 
 class NodeContext:
-    """The session a node call serves: its id, its current turn epoch, and a
-    dict private to this (session, node) pair."""
+    """The session a node call serves: its id, its current turn epoch, a dict
+    private to this (session, node) pair (``state``), and the session's settings
+    shared by every node (``meta``: e.g. ``output_sample_rate`` a client asked for)."""
 
-    __slots__ = ("_epoch", "node", "session_id", "state")
+    __slots__ = ("_epoch", "meta", "node", "session_id", "state")
 
-    def __init__(self, session_id: str, node: str, state: dict[str, Any], epoch: Callable[[], int]):
+    def __init__(
+        self,
+        session_id: str,
+        node: str,
+        state: dict[str, Any],
+        epoch: Callable[[], int],
+        meta: dict[str, Any] | None = None,
+    ):
         self.session_id = session_id
         self.node = node
         self.state = state
         self._epoch = epoch
+        self.meta = meta if meta is not None else {}
 
     @property
     def epoch(self) -> int:

@@ -129,13 +129,21 @@ class Runtime:
                     raise Overloaded(f"stage {st.name!r} has {queued} items queued (limit {self.max_queue})")
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[Session]:
-        """Open a session: feed it with ``send``/``close_input``, read it with ``receive``."""
+    async def session(self, meta: dict[str, Any] | None = None) -> AsyncIterator[Session]:
+        """Open a session: feed it with ``send``/``close_input``, read it with ``receive``.
+
+        ``meta`` holds session settings every node can read via ``chains.context().meta``
+        (the transport puts the client's ``output_sample_rate`` there)."""
         if self._tg is None:
             raise RuntimeError("the runtime is not running: use `async with Runtime(chain)`")
         self._admit()
         sess = Session(
-            self.graph, self.stages, budget_s=self.budget_s, metrics=self.metrics, on_close=self._forget
+            self.graph,
+            self.stages,
+            budget_s=self.budget_s,
+            metrics=self.metrics,
+            on_close=self._forget,
+            meta=meta,
         )
         self.sessions[sess.id] = sess
         self.metrics.sessions_total += 1

@@ -92,6 +92,7 @@ class Session:
         budget_s: float | None,
         on_close: Callable[[Session], None] | None = None,
         metrics: Any = None,
+        meta: dict[str, Any] | None = None,
     ):
         self.id = f"s{next(_ids)}"
         self.graph = graph
@@ -99,6 +100,7 @@ class Session:
         self.budget_s = budget_s
         self.epoch = 0
         self.closed = False
+        self.meta: dict[str, Any] = dict(meta or {})  # session settings every node can read
         self.log = get_logger(chain=graph.name, session=self.id)
         self._metrics = metrics
         self._on_close = on_close
@@ -165,7 +167,9 @@ class Session:
                 rx.close_receiver()
 
     def _context(self, node: GraphNode) -> NodeContext:
-        return NodeContext(self.id, node.name, self._state.setdefault(node.name, {}), lambda: self.epoch)
+        return NodeContext(
+            self.id, node.name, self._state.setdefault(node.name, {}), lambda: self.epoch, self.meta
+        )
 
     # --- per-shape runners ----------------------------------------------------------
     async def _run_map1(self, stage: Stage, rx: Any, senders: list[Any], streaming: bool) -> None:
