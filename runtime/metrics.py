@@ -98,6 +98,14 @@ class StageMetrics:
         self.service = Histogram()  # per call (per batch for batched stages)
         self.batch_size = Histogram(SIZE_BUCKETS)
         self.queued = 0  # gauge: items waiting now
+        self.consecutive_errors = 0  # reset by every success
+
+    UNHEALTHY_AFTER = 10
+
+    @property
+    def healthy(self) -> bool:
+        """False once the node has failed this many items in a row (a broken model)."""
+        return self.consecutive_errors < self.UNHEALTHY_AFTER
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -107,6 +115,7 @@ class StageMetrics:
             "late": self.late,
             "stale": self.stale,
             "queued": self.queued,
+            "healthy": self.healthy,
             "queue_wait_ms": self.queue_wait.summary(1000.0),
             "service_ms": self.service.summary(1000.0),
             "batch_size": self.batch_size.summary(),
@@ -131,8 +140,13 @@ class ChainMetrics:
             m = self.stages[node] = StageMetrics(self.chain, node)
         return m
 
+    @property
+    def healthy(self) -> bool:
+        return all(s.healthy for s in self.stages.values())
+
     def snapshot(self) -> dict[str, Any]:
         return {
+            "healthy": self.healthy,
             "sessions_active": self.sessions_active,
             "sessions_total": self.sessions_total,
             "sessions_refused": self.sessions_refused,
@@ -175,6 +189,9 @@ class MetricsCollector:
             "chains_stage_stale", "Items dropped by an interrupt", labels=["chain", "node"]
         )
         queued = GaugeMetricFamily("chains_stage_queued", "Items waiting", labels=["chain", "node"])
+        healthy = GaugeMetricFamily(
+            "chains_stage_healthy", "0 after repeated consecutive failures", labels=["chain", "node"]
+        )
         wait = HistogramMetricFamily(
             "chains_stage_queue_wait_seconds", "Queue wait", labels=["chain", "node"]
         )
@@ -196,6 +213,7 @@ class MetricsCollector:
                 late.add_metric(lab, s.late)
                 stale.add_metric(lab, s.stale)
                 queued.add_metric(lab, s.queued)
+                healthy.add_metric(lab, 1.0 if s.healthy else 0.0)
                 wait.add_metric(lab, s.queue_wait.cumulative(), s.queue_wait.sum)
                 svc.add_metric(lab, s.service.cumulative(), s.service.sum)
                 bsz.add_metric(lab, s.batch_size.cumulative(), s.batch_size.sum)
@@ -211,6 +229,7 @@ class MetricsCollector:
             late,
             stale,
             queued,
+            healthy,
             wait,
             svc,
             bsz,

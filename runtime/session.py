@@ -237,6 +237,7 @@ class Session:
             t1 = mono()
             m.service.observe(t1 - t0)
             m.items += 1
+            m.consecutive_errors = 0
             if t1 > deadline:
                 m.late += 1
             if result is None:
@@ -446,9 +447,11 @@ class Session:
             code, msg = exc.code, exc.detail
         elif isinstance(exc, NodeError):
             stage.metrics.errors += 1
+            stage.metrics.consecutive_errors += 1
             code, msg = exc.code, exc.detail
         else:
             stage.metrics.errors += 1
+            stage.metrics.consecutive_errors += 1
             code, msg = "node_error", f"{type(exc).__name__}: {exc}"
         if code == "shed":
             self.log.debug("item_shed", node=stage.name, error=msg)

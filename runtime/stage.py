@@ -202,7 +202,7 @@ class Stage:
                     raise NodeError(self.name, f"returned {got} results for a batch of {len(batch)}")
             except Exception as e:
                 err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
-                self.metrics.errors += len(batch)
+                # each session's runner counts its failed items (runtime/session.py _fail)
                 self.log.warning("batch_failed", size=len(batch), error=str(err))
                 for it in batch:
                     if not it.future.done():
@@ -213,6 +213,7 @@ class Stage:
             self.metrics.service.observe(end - start)
             self.metrics.batch_size.observe(len(batch))
             self.metrics.items += len(batch)
+            self.metrics.consecutive_errors = 0
             for it, r in zip(batch, results, strict=True):
                 if end > it.deadline:
                     self.metrics.late += 1
