@@ -174,9 +174,9 @@ class Batcher:
             return batch
         # Shed what cannot make its deadline in this batch, refilling from the heap.
         while True:
-            # Optimistic by one residual: shed only what will surely miss, not what
+            # Optimistic by the margin: shed only what will surely miss, not what
             # the model's noise says might.
-            finish = now + self.cost.predict(len(batch)) - self.cost.resid
+            finish = now + self.cost.predict(len(batch)) - self.margin()
             hopeless = [it for it in batch if it.deadline < finish]
             if not hopeless or self.cost.n == 0:
                 return batch

@@ -29,6 +29,20 @@ from runtime.stage import make_stages
 _active: contextvars.ContextVar[dict[int, Runtime]] = contextvars.ContextVar("chains_runtimes", default={})  # noqa: B039
 
 
+def _reraise_body_error(group: BaseExceptionGroup, body_error: BaseException | None) -> None:
+    """A task group wraps an error raised in the ``async with`` body it hosts: give the
+    caller their own exception back, not a group around it (when nothing else failed)."""
+    if body_error is None:
+        return
+    rest = group.subgroup(
+        lambda e: not isinstance(e, BaseExceptionGroup)
+        and e is not body_error
+        and not isinstance(e, asyncio.CancelledError)
+    )
+    if rest is None:
+        raise body_error.with_traceback(body_error.__traceback__) from None
+
+
 def active_runtime(chain: Any) -> Runtime | None:
     """The runtime serving ``chain`` in this context, if one is open."""
     return _active.get().get(id(chain))
@@ -97,7 +111,11 @@ class Runtime:
             COLLECTOR.unregister(self.metrics)
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
-        return await self._stack.__aexit__(*exc)
+        try:
+            return await self._stack.__aexit__(*exc)
+        except BaseExceptionGroup as group:
+            _reraise_body_error(group, exc[1])
+            raise
 
     async def _close_replicas(self) -> None:
         for rs in self._replica_sets:
@@ -148,13 +166,20 @@ class Runtime:
         self.sessions[sess.id] = sess
         self.metrics.sessions_total += 1
         self.metrics.sessions_active = len(self.sessions)
+        body_error: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sess.run, name=f"session:{sess.id}")
                 try:
                     yield sess
+                except BaseException as e:
+                    body_error = e
+                    raise
                 finally:
                     tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            _reraise_body_error(group, body_error)
+            raise
         finally:
             sess._close()
 
