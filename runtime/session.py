@@ -514,7 +514,7 @@ class Session:
                 name, env = await rx.receive()
             if name != ERROR and name != EVENTS and env.epoch != self.epoch:
                 continue  # buffered output of an interrupted turn: flushed
-            if self._metrics is not None and name != ERROR:
+            if self._metrics is not None and name != ERROR and name != EVENTS:
                 now = time.monotonic()
                 self._metrics.end_to_end.observe(now - env.origin)
                 if env.epoch not in self._first_output_epochs:
