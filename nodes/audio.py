@@ -27,6 +27,6 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
         h = np.sinc(2 * cutoff * n) * np.hamming(taps)
         h /= h.sum()
         x = np.convolve(x, h, mode="same").astype(np.float32)
-    n_out = int(round(len(x) * dst / src))
+    n_out = round(len(x) * dst / src)
     t = np.arange(n_out) * (src / dst)
     return np.interp(t, np.arange(len(x)), x).astype(np.float32)

@@ -43,6 +43,25 @@ def _reraise_body_error(group: BaseExceptionGroup, body_error: BaseException | N
         raise body_error.with_traceback(body_error.__traceback__) from None
 
 
+def _raise_single(group: BaseExceptionGroup) -> None:
+    """Raise the one real error inside nested task groups (cancellations aside)."""
+    real = group.subgroup(
+        lambda e: not isinstance(e, BaseExceptionGroup) and not isinstance(e, asyncio.CancelledError)
+    )
+    if real is None:
+        return
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [real]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    if len(leaves) == 1:
+        raise leaves[0].with_traceback(leaves[0].__traceback__) from None
+
+
 def active_runtime(chain: Any) -> Runtime | None:
     """The runtime serving ``chain`` in this context, if one is open."""
     return _active.get().get(id(chain))
@@ -207,18 +226,29 @@ class Runtime:
             sess.close_input(i)
 
     def _check_arity(self, inputs: tuple[Any, ...]) -> None:
+        """Refuse wrong inputs before a session starts: their count and single values' types."""
         want = len(self.graph.inputs)
         if len(inputs) != want:
             names = ", ".join(i.name for i in self.graph.inputs)
             raise TypeError(f"chain {self.graph.name!r} takes {want} input(s) ({names}), got {len(inputs)}")
+        for inp, value in zip(self.graph.inputs, inputs, strict=True):
+            t = inp.type
+            if not inp.stream and isinstance(t, type) and t is not object and not isinstance(value, t):
+                raise TypeError(
+                    f"chain {self.graph.name!r} input {inp.name!r} wants {t.__name__}, got {type(value).__name__}"
+                )
 
     async def pump(self, inputs: tuple[Any, ...], tx: Any) -> None:
         """Run one session on ``inputs`` and send its outputs to ``tx``."""
         self._check_arity(inputs)
-        async with tx, self.session() as sess, anyio.create_task_group() as tg:
-            tg.start_soon(self._feed, sess, inputs)
-            async for out in sess:
-                await tx.send(out)
+        try:
+            async with tx, self.session() as sess, anyio.create_task_group() as tg:
+                tg.start_soon(self._feed, sess, inputs)
+                async for out in sess:
+                    await tx.send(out)
+        except BaseExceptionGroup as group:
+            _raise_single(group)
+            raise
 
     def stream(self, *inputs: Any) -> AsyncIterator[Output]:
         """Run one session on ``inputs``; yield its outputs as they are produced."""
@@ -229,17 +259,21 @@ class Runtime:
         self._check_arity(inputs)
         collected: dict[str, list[Any]] = {k: [] for k in self.graph.outputs}
         failure: NodeError | None = None
-        async with self.session() as sess, anyio.create_task_group() as tg:
-            tg.start_soon(self._feed, sess, inputs)
-            async for out in sess:
-                if out.name == ERROR:
-                    ev: ErrorEvent = out.value
-                    failure = NodeError(ev.node, ev.message, code=ev.code)
-                    tg.cancel_scope.cancel()
-                    break
-                if out.name == EVENTS:
-                    continue
-                collected[out.name].append(out.value)
+        try:
+            async with self.session() as sess, anyio.create_task_group() as tg:
+                tg.start_soon(self._feed, sess, inputs)
+                async for out in sess:
+                    if out.name == ERROR:
+                        ev: ErrorEvent = out.value
+                        failure = NodeError(ev.node, ev.message, code=ev.code)
+                        tg.cancel_scope.cancel()
+                        break
+                    if out.name == EVENTS:
+                        continue
+                    collected[out.name].append(out.value)
+        except BaseExceptionGroup as group:
+            _raise_single(group)
+            raise
         if failure is not None:
             raise failure
         result = {}
