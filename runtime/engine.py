@@ -35,9 +35,11 @@ def _reraise_body_error(group: BaseExceptionGroup, body_error: BaseException | N
     if body_error is None:
         return
     rest = group.subgroup(
-        lambda e: not isinstance(e, BaseExceptionGroup)
-        and e is not body_error
-        and not isinstance(e, asyncio.CancelledError)
+        lambda e: (
+            not isinstance(e, BaseExceptionGroup)
+            and e is not body_error
+            and not isinstance(e, asyncio.CancelledError)
+        )
     )
     if rest is None:
         raise body_error.with_traceback(body_error.__traceback__) from None
@@ -235,7 +237,8 @@ class Runtime:
             t = inp.type
             if not inp.stream and isinstance(t, type) and t is not object and not isinstance(value, t):
                 raise TypeError(
-                    f"chain {self.graph.name!r} input {inp.name!r} wants {t.__name__}, got {type(value).__name__}"
+                    f"chain {self.graph.name!r} input {inp.name!r} wants {t.__name__}, "
+                    f"got {type(value).__name__}"
                 )
 
     async def pump(self, inputs: tuple[Any, ...], tx: Any) -> None:

@@ -108,7 +108,7 @@ def test_bad_options_name_the_option():
         async def b(x: int) -> int:
             return x
 
-    with pytest.raises(chains.ChainError, match="(?i)unexpected keyword argument 'batch_size'"):
+    with pytest.raises(chains.ChainError, match=r"(?i)unexpected keyword argument 'batch_size'"):
 
         @chains.node(batch_size=3)
         async def c(x: int) -> int:
@@ -151,7 +151,9 @@ def test_class_node_must_be_instantiated_before_use():
         async def __call__(self, t: Text) -> Text:
             return t
 
-    with pytest.raises(chains.ChainError, match=r"create it first, then call it on inputs, e.g. Model\(\)\(x\)"):
+    with pytest.raises(
+        chains.ChainError, match=r"create it first, then call it on inputs, e.g. Model\(\)\(x\)"
+    ):
 
         @chains.chain
         def c(t: Text):
