@@ -13,6 +13,16 @@ import structlog
 _configured = False
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time (test runners swap it)."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(json: bool | None = None, level: str | None = None) -> None:
     global _configured
     if json is None:
@@ -30,7 +40,7 @@ def configure(json: bool | None = None, level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True

@@ -175,7 +175,7 @@ class Session:
     async def _run_map1(self, stage: Stage, rx: Any, senders: list[Any], streaming: bool) -> None:
         m = stage.metrics
         lim = stage.limiter
-        pick = stage.replicas.pick
+        replicas = stage.replicas
         fast = stage.spec.is_async and stage.timeout_s is None and stage.retries == 0 and not streaming
         shed_late = stage.shed_late
         node_budget = stage.budget_s
@@ -215,11 +215,13 @@ class Session:
                 m.shed += 1
                 await self._fail(stage, Shed(stage.name, t0 + stage.expected_service_s() - deadline))
                 continue
-            inst = pick()
+            slot = replicas.acquire()
+            inst = replicas.instances[slot]
             if streaming:
                 try:
-                    await self._stream_call(stage, inst, env, senders)
+                    await self._stream_call(stage, inst, (env.payload,), env, senders)
                 finally:
+                    replicas.release(slot)
                     lim.release()
                 t1 = mono()
                 m.service.observe(t1 - t0)
@@ -230,9 +232,11 @@ class Session:
             try:
                 result = await inst(env.payload) if fast else await stage.call(inst, (env.payload,))
             except Exception as e:
+                replicas.release(slot)
                 lim.release()
                 await self._fail(stage, e)
                 continue
+            replicas.release(slot)
             lim.release()
             t1 = mono()
             m.service.observe(t1 - t0)
@@ -254,21 +258,25 @@ class Session:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
 
-    async def _stream_call(self, stage: Stage, inst: Any, env: Envelope, senders: list[Any]) -> None:
+    async def _stream_call(
+        self, stage: Stage, inst: Any, args: tuple[Any, ...], meta: Envelope, senders: list[Any]
+    ) -> None:
         """One streaming-map call; cancelled by an interrupt of its turn."""
         with anyio.CancelScope() as scope:
             self._inflight.add(scope)
             try:
-                agen = stage.open_stream(inst, (env.payload,))
+                agen = stage.open_stream(inst, args)
                 async with contextlib.aclosing(agen):
                     async for out in agen:
-                        if env.epoch != self.epoch:
+                        if meta.epoch != self.epoch:
                             stage.metrics.stale += 1
                             return
                         if isinstance(out, Control):
-                            await self._control(out, env)
+                            await self._control(out, meta)
                             continue
-                        await fan_out(senders, Envelope(out, env.seq, env.origin, env.deadline, env.epoch))
+                        await fan_out(
+                            senders, Envelope(out, meta.seq, meta.origin, meta.deadline, meta.epoch)
+                        )
             except Exception as e:
                 await self._fail(stage, e)
             finally:
@@ -277,8 +285,11 @@ class Session:
     async def _run_map_n(
         self, stage: Stage, node: GraphNode, rxs: list[Any], senders: list[Any], streaming: bool
     ) -> None:
-        """A map with several inputs: streams are zipped, single values are held."""
+        """A map with several inputs: streams are zipped, single values are held.
+
+        When every input is a single value the node is called exactly once."""
         held: dict[int, Envelope] = {}
+        once = not any(h.stream for h in node.inputs)
         while True:
             args = []
             last: Envelope | None = None
@@ -296,53 +307,38 @@ class Session:
                     last = env
             assert last is not None
             meta = Envelope(None, last.seq, last.origin, last.deadline, self.epoch)
-            deadline = stage.deadline(meta.deadline, time.monotonic())
-            await stage.limiter.acquire(deadline)
-            t0 = time.monotonic()
-            try:
-                inst = stage.replicas.pick()
-                if streaming:
-                    await self._stream_call_args(stage, inst, tuple(args), meta, senders)
-                    continue
-                try:
-                    result = await stage.call(inst, tuple(args))
-                except Exception as e:
-                    await self._fail(stage, e)
-                    continue
-            finally:
-                stage.limiter.release()
-                stage.metrics.service.observe(time.monotonic() - t0)
-                stage.metrics.items += 1
-            if result is None:
-                continue
-            if isinstance(result, Control):
-                await self._control(result, meta)
-                continue
-            await fan_out(senders, Envelope(result, meta.seq, meta.origin, meta.deadline, meta.epoch))
-            if len(held) == len(rxs):
-                return  # every input was a single value: one call
+            await self._call_once(stage, tuple(args), meta, senders, streaming)
+            if once:
+                return
 
-    async def _stream_call_args(
-        self, stage: Stage, inst: Any, args: tuple[Any, ...], meta: Envelope, senders: list[Any]
+    async def _call_once(
+        self, stage: Stage, args: tuple[Any, ...], meta: Envelope, senders: list[Any], streaming: bool
     ) -> None:
-        with anyio.CancelScope() as scope:
-            self._inflight.add(scope)
+        await stage.limiter.acquire(stage.deadline(meta.deadline, time.monotonic()))
+        t0 = time.monotonic()
+        slot = stage.replicas.acquire()
+        result: Any = None
+        try:
+            inst = stage.replicas.instances[slot]
+            if streaming:
+                await self._stream_call(stage, inst, args, meta, senders)
+                return
             try:
-                agen = stage.open_stream(inst, args)
-                async with contextlib.aclosing(agen):
-                    async for out in agen:
-                        if meta.epoch != self.epoch:
-                            return
-                        if isinstance(out, Control):
-                            await self._control(out, meta)
-                            continue
-                        await fan_out(
-                            senders, Envelope(out, meta.seq, meta.origin, meta.deadline, meta.epoch)
-                        )
+                result = await stage.call(inst, args)
             except Exception as e:
                 await self._fail(stage, e)
-            finally:
-                self._inflight.discard(scope)
+                return
+        finally:
+            stage.replicas.release(slot)
+            stage.limiter.release()
+            stage.metrics.service.observe(time.monotonic() - t0)
+            stage.metrics.items += 1
+        if result is None:
+            return
+        if isinstance(result, Control):
+            await self._control(result, meta)
+            return
+        await fan_out(senders, Envelope(result, meta.seq, meta.origin, meta.deadline, meta.epoch))
 
     async def _next_live(self, rx: Any, stage: Stage) -> Envelope | None:
         while True:

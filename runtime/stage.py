@@ -42,11 +42,13 @@ class ReplicaSet:
         self.spec = spec
         self.template = template
         self.instances: list[Any] = []
+        self.busy: list[int] = []  # calls in flight per replica
         self._rr = 0
 
     async def start(self) -> None:
         if not self.spec.is_class:
             self.instances = [self.spec.impl] * self.spec.options.replicas
+            self.busy = [0] * len(self.instances)
             return
         for _ in range(self.spec.options.replicas):
             try:
@@ -61,6 +63,7 @@ class ReplicaSet:
             except Exception as e:
                 raise ModelError(f"node {self.spec.name!r} failed to start: {type(e).__name__}: {e}") from e
             self.instances.append(inst)
+            self.busy.append(0)
 
     async def close(self) -> None:
         for inst in self.instances if self.spec.is_class else ():
@@ -76,8 +79,22 @@ class ReplicaSet:
         self.instances = []
 
     def pick(self) -> Any:
+        """A replica for a long-lived per-session use (a stream node): round robin."""
         self._rr = (self._rr + 1) % len(self.instances)
         return self.instances[self._rr]
+
+    def acquire(self) -> int:
+        """The least busy replica for one call; ``release`` it after.
+
+        The stage limiter caps calls at concurrency x replicas in all; taking the
+        least busy replica keeps each one within its own ``concurrency``."""
+        busy = self.busy
+        i = min(range(len(busy)), key=busy.__getitem__) if len(busy) > 1 else 0
+        busy[i] += 1
+        return i
+
+    def release(self, i: int) -> None:
+        self.busy[i] -= 1
 
 
 class Stage:
@@ -159,7 +176,10 @@ class Stage:
     async def _invoke(self, inst: Any, args: tuple[Any, ...]) -> Any:
         if self.spec.is_async:
             return await inst(*args)
-        return await anyio.to_thread.run_sync(functools.partial(inst, *args))
+        # With a timeout the wait must be cancellable: the thread runs on, its result unused.
+        return await anyio.to_thread.run_sync(
+            functools.partial(inst, *args), abandon_on_cancel=self.timeout_s is not None
+        )
 
     def open_stream(self, inst: Any, args: tuple[Any, ...]) -> Any:
         """Start a streaming map or stream node call: an async generator."""
@@ -190,8 +210,9 @@ class Stage:
                 tg.start_soon(self._run_batch, batch)
 
     async def _run_batch(self, batch: list[BatchItem]) -> None:
+        slot = self.replicas.acquire()
         try:
-            inst = self.replicas.pick()
+            inst = self.replicas.instances[slot]
             start = time.monotonic()
             for it in batch:
                 self.metrics.queue_wait.observe(start - it.enqueued)
@@ -202,11 +223,13 @@ class Stage:
                     raise NodeError(self.name, f"returned {got} results for a batch of {len(batch)}")
             except Exception as e:
                 err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
-                # each session's runner counts its failed items (runtime/session.py _fail)
                 self.log.warning("batch_failed", size=len(batch), error=str(err))
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(err)
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(err)
+                    return
+                # One bad item must not fail the sessions batched with it: run each alone.
+                await self._isolate(inst, batch)
                 return
             end = time.monotonic()
             self.cost.observe(len(batch), end - start)
@@ -220,8 +243,27 @@ class Stage:
                 if not it.future.done():
                     it.future.set_result(r)
         finally:
+            self.replicas.release(slot)
             self.batcher.batch_done()  # type: ignore[union-attr]
             self.limiter.release()
+
+    async def _isolate(self, inst: Any, batch: list[BatchItem]) -> None:
+        """After a failed batch, serve its items one by one so only the bad ones fail."""
+        for it in batch:
+            if it.future.done():
+                continue
+            try:
+                res = await self.call(inst, ([it.payload],))
+                if not isinstance(res, list | tuple) or len(res) != 1:
+                    raise NodeError(self.name, f"returned {res!r:.60} for a batch of 1")
+            except Exception as e:
+                err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
+                if not it.future.done():
+                    it.future.set_exception(err)
+                continue
+            self.metrics.items += 1
+            if not it.future.done():
+                it.future.set_result(res[0])
 
 
 def make_stages(
