@@ -97,6 +97,7 @@ class StageMetrics:
         self.queue_wait = Histogram()
         self.service = Histogram()  # per call (per batch for batched stages)
         self.batch_size = Histogram(SIZE_BUCKETS)
+        self.first_output = Histogram()  # streaming calls: call start -> first output (LLM TTFT)
         self.queued = 0  # gauge: items waiting now
         self.consecutive_errors = 0  # reset by every success
 
@@ -119,6 +120,7 @@ class StageMetrics:
             "queue_wait_ms": self.queue_wait.summary(1000.0),
             "service_ms": self.service.summary(1000.0),
             "batch_size": self.batch_size.summary(),
+            "first_output_ms": self.first_output.summary(1000.0),
         }
 
 

@@ -264,10 +264,15 @@ class Session:
         """One streaming-map call; cancelled by an interrupt of its turn."""
         with anyio.CancelScope() as scope:
             self._inflight.add(scope)
+            t0 = time.monotonic()
+            first = True
             try:
                 agen = stage.open_stream(inst, args)
                 async with contextlib.aclosing(agen):
                     async for out in agen:
+                        if first:
+                            stage.metrics.first_output.observe(time.monotonic() - t0)
+                            first = False
                         if meta.epoch != self.epoch:
                             stage.metrics.stale += 1
                             return
