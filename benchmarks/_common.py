@@ -43,3 +43,20 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     i = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
     return s[i]
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")

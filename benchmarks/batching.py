@@ -32,7 +32,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import chains
-from benchmarks._common import machine, parser, percentile, write_json
+from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json
 from runtime.engine import Runtime
 
 POLICIES = {
@@ -126,11 +126,7 @@ async def run_point(policy: str, load: float, args: Any) -> dict[str, Any]:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for pol in POLICIES:
         rows = [r for r in data["runs"] if r["policy"] == pol]
@@ -146,10 +142,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig.suptitle(
         f"batched stage t(b) = {data['a_ms']:g} + {data['k_ms']:g}·b ms, budget {data['budget_ms']:g} ms"
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import chains
-from benchmarks._common import machine, parser, percentile, slope, write_json
+from benchmarks._common import machine, parser, percentile, pyplot, save_figure, slope, write_json
 
 KS = (1, 4, 8)
 
@@ -200,11 +200,7 @@ async def main_async(n: int, m: int, repeats: int) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for name in ("chains", "asyncio_queue", "anyio_stream"):
         rows = results[name]["rows"]
@@ -215,10 +211,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     a2.set(xlabel="stages K", ylabel="single-item latency p50 (µs)", title="Latency")
     a1.legend()
     a2.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import chains  # noqa: E402
-from benchmarks._common import machine, parser, percentile, write_json  # noqa: E402
+from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402
 from chains import AudioFrame, Stream  # noqa: E402
 from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT, sentences  # noqa: E402
 
@@ -153,11 +153,7 @@ async def main_async(ns: list[int], repeats: int) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = ["vad_eot", "stt", "llm_first_token", "first_sentence", "tts_first_audio"]
     ns = list(results)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -168,10 +164,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         bottom += vals
     ax.set(xlabel="concurrent sessions", ylabel="ms (p50)", title="voice-to-voice latency by stage")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main() -> None:

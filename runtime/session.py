@@ -63,24 +63,13 @@ class _ChannelStream(Stream[Any]):
         self._drop = drop_stale
 
     async def __anext__(self) -> Any:
-        rx = self._rx
-        while True:
-            try:
-                env = rx.receive_nowait()
-            except WouldBlock:
-                try:
-                    env = await rx.receive()
-                except EndOfStream:
-                    raise StopAsyncIteration from None
-            except EndOfStream:
-                raise StopAsyncIteration from None
-            if self._drop and env.epoch != self._s.epoch:
-                self._stage.metrics.stale += 1
-                continue
-            last = self._t.last
-            if last is None or env.origin >= last.origin:
-                self._t.last = env
-            return env.payload
+        env = await self._s._next_live(self._rx, self._stage, drop_stale=self._drop)
+        if env is None:
+            raise StopAsyncIteration
+        last = self._t.last
+        if last is None or env.origin >= last.origin:
+            self._t.last = env
+        return env.payload
 
 
 class Session:
@@ -345,7 +334,9 @@ class Session:
             return
         await fan_out(senders, Envelope(result, meta.seq, meta.origin, meta.deadline, meta.epoch))
 
-    async def _next_live(self, rx: Any, stage: Stage) -> Envelope | None:
+    async def _next_live(self, rx: Any, stage: Stage, drop_stale: bool = True) -> Envelope | None:
+        """The next item of this turn from ``rx`` (None at end of stream); items of an
+        interrupted turn are dropped and counted."""
         while True:
             try:
                 env = rx.receive_nowait()
@@ -356,7 +347,7 @@ class Session:
                     return None
             except EndOfStream:
                 return None
-            if env.epoch == self.epoch:
+            if not drop_stale or env.epoch == self.epoch:
                 return env
             stage.metrics.stale += 1
 
