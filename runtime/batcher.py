@@ -41,6 +41,10 @@ from runtime.costmodel import CostModel
 Policy = Literal["deadline", "window"]
 
 
+class StaleItem(Exception):
+    """The item's turn was interrupted (or its session closed) before it was served."""
+
+
 @dataclass(order=True)
 class BatchItem:
     deadline: float
@@ -107,7 +111,9 @@ class Batcher:
                     keep.append(it)
                 else:
                     if not it.future.done():
-                        it.future.cancel()
+                        # not cancel(): its session awaits it, and a cancelled future would
+                        # read as that session's own cancellation
+                        it.future.set_exception(StaleItem())
                     if self.on_stale:
                         self.on_stale(it)
             heapq.heapify(keep)

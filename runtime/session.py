@@ -25,6 +25,7 @@ from chains.graph import Graph, GraphNode
 from chains.messages import Control, ErrorEvent, Interrupt
 from chains.spec import Shape
 from chains.streams import Stream
+from runtime.batcher import StaleItem
 from runtime.channels import Tagged, close_all, edge, fan_out
 from runtime.envelope import Envelope
 from runtime.logs import get_logger
@@ -362,6 +363,8 @@ class Session:
                 async for env, fut in pend_rx:
                     try:
                         result = await fut
+                    except StaleItem:
+                        continue  # counted by the batcher when it dropped it
                     except Exception as e:
                         await self._fail(stage, e)
                         continue
@@ -412,6 +415,11 @@ class Session:
                 args.append(env.payload)
         inst = stage.replicas.pick()
         seq = itertools.count()
+        # Outputs belong to the turn of what caused them; a node fed only by chain
+        # inputs (the user's audio: never stale) speaks for the session's current turn.
+        follows_inputs = any(
+            p.stream and h.source >= 0 for p, h in zip(node.spec.params, node.inputs, strict=True)
+        )
         try:
             agen = stage.open_stream(inst, tuple(args))
             async with contextlib.aclosing(agen):
@@ -419,7 +427,8 @@ class Session:
                     last = tracker.last
                     origin = last.origin if last else time.monotonic()
                     deadline = last.deadline if last else float("inf")
-                    env = Envelope(out, next(seq), origin, deadline, self.epoch)
+                    epoch = last.epoch if (follows_inputs and last is not None) else self.epoch
+                    env = Envelope(out, next(seq), origin, deadline, epoch)
                     if isinstance(out, Control):
                         await self._control(out, env)
                         continue
