@@ -41,6 +41,7 @@ def __getattr__(name: str) -> object:
         return getattr(runtime, name)
     raise AttributeError(f"module 'chains' has no attribute {name!r}")
 
+
 __all__ = [
     "AudioFrame",
     "Batch",

@@ -44,5 +44,3 @@ def running(chain: Any, **options: Any) -> Runtime:
     from runtime.engine import Runtime
 
     return Runtime(chain, **options)
-
-

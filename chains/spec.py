@@ -58,9 +58,9 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     timeout_ms: float | None = None
     on_late: OnLate = "serve"
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, node: str | None = None) -> None:
         def bad(msg: str) -> ChainError:
-            return ChainError(msg, where=where)
+            return ChainError(msg, where=where, node=node)
 
         if self.budget_ms is not None and self.budget_ms <= 0:
             raise bad(f"budget_ms must be > 0, got {self.budget_ms}")
@@ -160,7 +160,7 @@ def analyse(impl: Any, options: Options, where: str) -> NodeSpec:
     """Read a node's shape and types off its signature."""
     is_class = inspect.isclass(impl)
     fn = impl.__call__ if is_class else impl
-    if is_class and fn is object.__call__:
+    if is_class and "__call__" not in {k for c in impl.__mro__[:-1] for k in vars(c)}:
         raise ChainError(f"node class {impl.__qualname__} must define __call__", where=where)
     name = options.name or impl.__name__
     try:
@@ -227,7 +227,7 @@ def analyse(impl: Any, options: Options, where: str) -> NodeSpec:
         out = _args(ret)[0] if ret_origin in _ITER_ORIGINS else Any
     else:
         shape = Shape.MAP
-        out = None if ret is type(None) else ret
+        out = None if ret is type(None) else _without_none(ret)  # a None result filters
 
     spec = NodeSpec(
         name=name,
@@ -240,12 +240,26 @@ def analyse(impl: Any, options: Options, where: str) -> NodeSpec:
         options=options,
         where=where,
     )
-    options.validate(where)
+    options.validate(where, name)
+    if shape in (Shape.STREAM_MAP, Shape.STREAM) and (options.retries or options.timeout_ms is not None):
+        raise ChainError(
+            f"retries and timeout_ms apply to maps and batched maps; {shape.value} {name} "
+            "streams its outputs (bound it with budget_ms and on_late instead)",
+            where=where,
+            node=name,
+        )
     if shape is Shape.STREAM and not (is_asyncgen or inspect.isasyncgenfunction(fn)):
         raise ChainError(f"stream node {name} must be an `async def` generator", where=where)
     if shape is Shape.STREAM_MAP and not is_asyncgen:
         raise ChainError(f"streaming map {name} must be an `async def` generator", where=where)
     return spec
+
+
+def _without_none(t: Any) -> Any:
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        kept = [a for a in typing.get_args(t) if a is not type(None)]
+        return kept[0] if len(kept) == 1 else typing.Union[tuple(kept)]  # noqa: UP007
+    return t
 
 
 def _has_async_call(cls: type) -> bool:

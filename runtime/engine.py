@@ -130,6 +130,8 @@ class Runtime:
             self._token = None
         if self._register:
             COLLECTOR.unregister(self.metrics)
+        for sess in list(self.sessions.values()):
+            sess.cancel()  # nothing a runtime serves outlives it
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
         try:
@@ -190,6 +192,7 @@ class Runtime:
         body_error: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
+                sess._scope = tg.cancel_scope
                 tg.start_soon(sess.run, name=f"session:{sess.id}")
                 try:
                     yield sess

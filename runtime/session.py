@@ -98,6 +98,7 @@ class Session:
         self._inflight: set[anyio.CancelScope] = set()
         self._state: dict[str, dict[str, Any]] = {}
         self._first_output_epochs: set[int] = set()
+        self._scope: anyio.CancelScope | None = None
         self._wire()
 
     # --- wiring ---------------------------------------------------------------------
@@ -531,6 +532,11 @@ class Session:
             return await self.receive()
         except EndOfStream:
             raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        """End the session now: every task it started is cancelled."""
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _close(self) -> None:
         if not self.closed:
