@@ -129,9 +129,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from transport.remote import serve_node
-
     from chains.loader import load_chain
+    from transport.remote_host import serve_node
 
     chain = load_chain(args.target)
     asyncio.run(serve_node(chain, args.only, args.host, args.port))

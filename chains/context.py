@@ -18,7 +18,7 @@ class NodeContext:
     private to this (session, node) pair (``state``), and the session's settings
     shared by every node (``meta``: e.g. ``output_sample_rate`` a client asked for)."""
 
-    __slots__ = ("_epoch", "meta", "node", "session_id", "state")
+    __slots__ = ("_epoch", "deadline", "meta", "node", "session_id", "state")
 
     def __init__(
         self,
@@ -33,6 +33,9 @@ class NodeContext:
         self.state = state
         self._epoch = epoch
         self.meta = meta if meta is not None else {}
+        # time.monotonic() by which the item being served is due at this node (inf: no
+        # budget); set by the runtime per item for maps, so a remote stage can forward it
+        self.deadline = float("inf")
 
     @property
     def epoch(self) -> int:

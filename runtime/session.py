@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import anyio
 from anyio import EndOfStream, WouldBlock
 
-from chains.context import NodeContext, set_context
+from chains.context import NodeContext, context, set_context
 from chains.errors import NodeError
 from chains.graph import Graph, GraphNode
 from chains.messages import Control, ErrorEvent, Interrupt
@@ -164,6 +164,7 @@ class Session:
 
     # --- per-shape runners ----------------------------------------------------------
     async def _run_map1(self, stage: Stage, rx: Any, senders: list[Any], streaming: bool) -> None:
+        ctx = context()  # set by _run_node for this task
         m = stage.metrics
         lim = stage.limiter
         replicas = stage.replicas
@@ -208,6 +209,7 @@ class Session:
                 continue
             slot = replicas.acquire()
             inst = replicas.instances[slot]
+            ctx.deadline = deadline
             if streaming:
                 try:
                     await self._stream_call(stage, inst, (env.payload,), env, senders)
@@ -310,7 +312,9 @@ class Session:
     async def _call_once(
         self, stage: Stage, args: tuple[Any, ...], meta: Envelope, senders: list[Any], streaming: bool
     ) -> None:
-        await stage.limiter.acquire(stage.deadline(meta.deadline, time.monotonic()))
+        deadline = stage.deadline(meta.deadline, time.monotonic())
+        context().deadline = deadline
+        await stage.limiter.acquire(deadline)
         t0 = time.monotonic()
         slot = stage.replicas.acquire()
         result: Any = None

@@ -1,0 +1,408 @@
+"""One websocket connection of the client protocol: one session of a chain.
+
+Three tasks serve it once ``start`` is accepted: the reader turns client messages
+into session inputs (it waits while the chain is full, so a fast sender is slowed
+by TCP, not buffered), the writer turns session outputs into messages (it waits
+while the socket is full, which pauses the session: a client that stops reading
+holds bounded buffers only), and a watchdog closes the connection when the
+client has stopped reading for ``stall_timeout_s`` or when nothing moved for
+``idle_timeout_s``. Every way out goes through ``_finish``: an ``error`` naming
+the reason when it can still be delivered, then the close code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import anyio
+import msgspec
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from chains.errors import Overloaded
+from chains.messages import AudioFrame, Text
+from transport.audio import Resampler, pcm_problem
+from transport.outputs import OutputMapper
+from transport.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_OVERLOADED,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    Done,
+    End,
+    Error,
+    Input,
+    InterruptMsg,
+    ProtocolError,
+    Ready,
+    Start,
+    decode_client,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from transport.server import ChainServer
+
+
+class Connection:
+    def __init__(self, server: ChainServer, ws: ServerConnection):
+        self.server = server
+        self.ws = ws
+        self.limits = server.limits
+        self.session_id: str | None = None
+        self.errors = 0
+        now = time.monotonic()
+        self.last_rx = now
+        self.last_tx = now
+        self._pending = 0  # sends in progress
+        self._pending_since = now
+        self._scope: anyio.CancelScope | None = None
+        self._close: tuple[int, str, Error | None] | None = None
+        self.stalled = False
+        self.max_buffered = 0  # largest socket write buffer seen (bytes): tests read it
+        self._mapper: OutputMapper | None = None
+        self._inputs_ended = False
+        self._closed_inputs: set[int] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                await self._run()
+            except ConnectionClosed:
+                pass
+            except Exception as e:  # a bug in chains: log it, tell the client, close with 1011
+                self.server.log.error(
+                    "connection_failed", session=self.session_id, error=repr(e), exc_info=True
+                )
+                self.internal_error(e)
+        await self._finish()
+
+    def stop(self, code: int, reason: str, error: Error | None = None) -> None:
+        """End the connection with ``code`` after sending ``error`` (first caller wins)."""
+        if self._close is None:
+            self._close = (code, reason, error)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _finish(self) -> None:
+        code, reason, error = self._close or (CLOSE_NORMAL, "", None)
+        ws = self.ws
+        with anyio.CancelScope(shield=True):
+            if self.stalled:
+                ws.transport.abort()  # the client reads nothing: no close frame can get through
+                return
+            with anyio.move_on_after(self.limits.close_timeout_s):
+                if error is not None and ws.state is State.OPEN:
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(encode(error), text=True)
+                await ws.close(code, reason[:120])
+            if ws.state is not State.CLOSED:
+                ws.transport.abort()
+
+    # --- sending ------------------------------------------------------------------------
+    async def send(self, msg: Any) -> None:
+        if isinstance(msg, bytes | bytearray | memoryview):
+            data, text = msg, False
+        else:
+            data, text = encode(msg), True
+        if self._pending == 0:
+            self._pending_since = time.monotonic()
+        self._pending += 1
+        try:
+            await self.ws.send(data, text=text)
+        finally:
+            self._pending -= 1
+            self.last_tx = time.monotonic()
+
+    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+        """Tell the client what was wrong; too many errors end the connection."""
+        self.errors += 1
+        self.server.stats["errors"] += 1
+        if self.errors > self.limits.max_errors:
+            self.stop(CLOSE_POLICY, "too many protocol errors", Error(code=code, message=message))
+            await anyio.sleep(0)  # let the cancellation land
+            return
+        await self.send(Error(code=code, message=message))
+
+    # --- the protocol -------------------------------------------------------------------
+    async def _run(self) -> None:
+        start = await self._await_start()
+        if start is None:
+            return
+        rt = self.server.runtime_for(start.chain)
+        assert rt is not None
+        in_rate = self.server.input_sample_rate or start.sample_rate
+        out_rate = start.output_sample_rate or self.server.output_sample_rate or start.sample_rate
+        meta = {"input_sample_rate": in_rate, "output_sample_rate": out_rate, "transport": "websocket"}
+        try:
+            async with rt.session(meta=meta) as sess:
+                self.session_id = sess.id
+                self.server.stats["sessions"] += 1
+                await self._serve(sess, start, in_rate, out_rate)
+        except Overloaded as e:
+            self.server.stats["overloaded"] += 1
+            self.stop(CLOSE_OVERLOADED, "overloaded", Error(code="overloaded", message=str(e)))
+
+    async def _await_start(self) -> Start | None:
+        timeout = self.limits.start_timeout_s
+        with anyio.move_on_after(timeout):
+            async for raw in self.ws:
+                self.last_rx = time.monotonic()
+                if not self._size_ok(raw):
+                    return None
+                if not isinstance(raw, str):
+                    await self.error(
+                        "not_started", 'binary audio before `start`: send {"type": "start", ...} first'
+                    )
+                    continue
+                try:
+                    msg = decode_client(raw)
+                except ProtocolError as e:
+                    await self.error(e.code, e.message)
+                    continue
+                if not isinstance(msg, Start):
+                    await self.error("not_started", f"`{_type_of(msg)}` before `start`: send `start` first")
+                    continue
+                if not self._authorized(msg):
+                    self.server.stats["unauthorized"] += 1
+                    self.stop(
+                        CLOSE_POLICY,
+                        "unauthorized",
+                        Error(code="unauthorized", message="start: missing or wrong `$.token`"),
+                    )
+                    return None
+                problem = self._start_problem(msg)
+                if problem is not None:
+                    await self.error(*problem)
+                    continue
+                return msg
+            return None  # the client went away
+        self.stop(
+            CLOSE_POLICY,
+            "no start",
+            Error(code="start_timeout", message=f"no `start` message within {timeout:g} s"),
+        )
+        return None
+
+    def _authorized(self, start: Start) -> bool:
+        want = self.server.token
+        if want is None:
+            return True
+        given = start.token or self._handshake_token()
+        if given is None:
+            return False
+        return hmac.compare_digest(given.encode(), want.encode())
+
+    def _handshake_token(self) -> str | None:
+        req = self.ws.request
+        if req is None:
+            return None
+        auth = req.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        query = parse_qs(req.path.partition("?")[2])
+        vals = query.get("token")
+        return vals[0] if vals else None
+
+    def _start_problem(self, start: Start) -> tuple[str, str] | None:
+        rates = self.limits.sample_rates
+        if self.server.runtime_for(start.chain) is None:
+            names = ", ".join(self.server.runtimes)
+            return "unknown_chain", f"start: `$.chain`: no chain {start.chain!r}; this server has: {names}"
+        for field, rate in (
+            ("sample_rate", start.sample_rate),
+            ("output_sample_rate", start.output_sample_rate),
+        ):
+            if rate is not None and rate not in rates:
+                return (
+                    "bad_sample_rate",
+                    f"start: `$.{field}`: {rate} Hz is not supported; use one of "
+                    + ", ".join(str(r) for r in rates),
+                )
+        return None
+
+    def _size_ok(self, raw: str | bytes) -> bool:
+        limit = self.limits.max_message_bytes
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        if size > limit:
+            self.server.stats["too_big"] += 1
+            self.stop(
+                CLOSE_TOO_BIG,
+                "message too big",
+                Error(code="too_big", message=f"message of {size} bytes exceeds the limit of {limit} bytes"),
+            )
+            return False
+        return True
+
+    # --- a running session ----------------------------------------------------------------
+    async def _serve(self, sess: Any, start: Start, in_rate: int, out_rate: int) -> None:
+        graph = sess.graph
+        self._mapper = OutputMapper(out_rate)
+        await self.send(
+            Ready(
+                session=sess.id,
+                sample_rate=out_rate,
+                chain=graph.name,
+                inputs=[i.name for i in graph.inputs],
+                outputs=list(graph.outputs),
+            )
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reader, sess, start.sample_rate, in_rate, tg.cancel_scope)
+            tg.start_soon(self._watchdog, tg.cancel_scope)
+            await self._writer(sess)
+            tg.cancel_scope.cancel()
+
+    async def _writer(self, sess: Any) -> None:
+        mapper = self._mapper
+        assert mapper is not None
+        mono = time.monotonic
+        transport = self.ws.transport
+        try:
+            while True:
+                try:
+                    out = await sess.receive()
+                except anyio.EndOfStream:
+                    break
+                for msg in mapper.map(out.name, out.value, out.origin, out.epoch, mono()):
+                    await self.send(msg)
+                buffered = transport.get_write_buffer_size()
+                if buffered > self.max_buffered:
+                    self.max_buffered = buffered
+            for msg in mapper.close_turn(mono()):
+                await self.send(msg)
+            await self.send(Done())
+        except ConnectionClosed:
+            self.stop(CLOSE_NORMAL, "client went away")
+            return
+        self.server.stats["done"] += 1
+        self.stop(CLOSE_NORMAL, "done")
+
+    async def _reader(self, sess: Any, client_rate: int, in_rate: int, scope: anyio.CancelScope) -> None:
+        graph = sess.graph
+        audio_input = _audio_input(graph)
+        resampler = Resampler(client_rate, in_rate) if client_rate != in_rate else None
+        limit = self.limits.max_message_bytes
+        try:
+            async for raw in self.ws:
+                self.last_rx = time.monotonic()
+                if not self._size_ok(raw):
+                    return
+                if isinstance(raw, bytes):
+                    if audio_input is None:
+                        await self.error("no_audio_input", f"chain {graph.name!r} has no audio input")
+                    elif self._inputs_ended or audio_input in self._closed_inputs:
+                        await self.error("input_ended", "audio after `end`")
+                    elif (problem := pcm_problem(raw, limit)) is not None:
+                        await self.error("bad_audio", problem)
+                    else:
+                        pcm = resampler.process(raw) if resampler is not None else raw
+                        await sess.send(AudioFrame(pcm=pcm, sample_rate=in_rate), audio_input)
+                    continue
+                try:
+                    msg = decode_client(raw)
+                except ProtocolError as e:
+                    await self.error(e.code, e.message)
+                    continue
+                if isinstance(msg, Input):
+                    await self._input(sess, msg, audio_input)
+                elif isinstance(msg, InterruptMsg):
+                    sess.interrupt(msg.reason or "client")
+                    assert self._mapper is not None
+                    for m in self._mapper.close_turn(time.monotonic(), interrupted=True):
+                        await self.send(m)
+                elif isinstance(msg, End):
+                    self._inputs_ended = True
+                    sess.close_inputs()
+                elif isinstance(msg, Start):
+                    await self.error("already_started", f"session {sess.id} has already started")
+        except ConnectionClosed:
+            pass
+        self.stop(CLOSE_NORMAL, "client went away")
+        scope.cancel()
+
+    async def _input(self, sess: Any, msg: Input, audio_input: int | None) -> None:
+        graph = sess.graph
+        names = [i.name for i in graph.inputs]
+        if msg.input is None:
+            idx = next((i for i in range(len(names)) if i != audio_input), audio_input)
+        elif msg.input in names:
+            idx = names.index(msg.input)
+        else:
+            await self.error(
+                "unknown_input",
+                f"input: `$.input`: no input {msg.input!r}; the chain has: {', '.join(names)}",
+            )
+            return
+        assert idx is not None
+        inp = graph.inputs[idx]
+        if self._inputs_ended or idx in self._closed_inputs:
+            await self.error("input_closed", f"input {inp.name!r} takes no more items")
+            return
+        try:
+            value = _convert(msg.data, inp.type)
+        except msgspec.ValidationError as e:
+            text = str(e).replace("`$", "`$.data")
+            if " - at `" not in text:
+                text += " - at `$.data`"
+            await self.error("bad_input", f"input {inp.name!r}: {text}")
+            return
+        await sess.send(value, idx)
+        if not inp.stream:  # a value input takes exactly one item
+            self._closed_inputs.add(idx)
+            sess.close_input(idx)
+
+    async def _watchdog(self, scope: anyio.CancelScope) -> None:
+        lim = self.limits
+        tick = max(0.01, min(lim.stall_timeout_s, lim.idle_timeout_s) / 4)
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            if self._pending and now - max(self._pending_since, self.last_tx) > lim.stall_timeout_s:
+                self.stalled = True
+                self.server.stats["stalled"] += 1
+                self.stop(CLOSE_POLICY, "client not reading")
+                return
+            if not self._pending and now - max(self.last_rx, self.last_tx) > lim.idle_timeout_s:
+                self.server.stats["idle"] += 1
+                self.stop(
+                    CLOSE_GOING_AWAY,
+                    "idle",
+                    Error(code="idle_timeout", message=f"no traffic for {lim.idle_timeout_s:g} s"),
+                )
+                return
+
+    def internal_error(self, exc: BaseException) -> None:
+        self.stop(CLOSE_INTERNAL, "internal error", Error(code="internal", message=type(exc).__name__))
+
+
+def _type_of(msg: Any) -> str:
+    return type(msg).__struct_config__.tag  # type: ignore[no-any-return]
+
+
+def _audio_input(graph: Any) -> int | None:
+    for i, inp in enumerate(graph.inputs):
+        if inp.stream and isinstance(inp.type, type) and issubclass(inp.type, AudioFrame):
+            return i
+    return None
+
+
+def _convert(data: Any, want: Any) -> Any:
+    """A JSON value as the chain input's type (a bare string is accepted for ``Text``)."""
+    if want is Any or want is object:
+        return data
+    if isinstance(want, type) and issubclass(want, Text) and isinstance(data, str):
+        return want(text=data)
+    return msgspec.convert(data, want)
+
+
+__all__ = ["Connection"]
