@@ -2,7 +2,8 @@
 
 Each node loads its model when a runtime starts its stage (never at import), so
 importing ``nodes`` is cheap and a chain can be compiled, drawn and locked without
-loading anything.
+loading anything. ``python -m nodes prepare`` prepares the default models ahead
+of a first run (see ``nodes.resolve``).
 """
 
 from nodes.embed import Embed

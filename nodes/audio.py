@@ -1,4 +1,10 @@
-"""PCM16 helpers shared by the audio nodes (numpy only)."""
+"""PCM16 helpers shared by the audio nodes.
+
+Resampling uses soxr (libsoxr's band-limited resampler, a ~1 MB wheel): whole
+clips through ``resample``, live audio through ``StreamResampler``, which keeps
+the filter state across frames so frame boundaries do not click the way
+per-frame resampling does.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +22,36 @@ def float_to_pcm(x: np.ndarray) -> bytes:
 
 
 def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    """Band-limited enough for speech: a windowed-sinc low-pass before decimating,
-    then linear interpolation onto the new grid."""
+    """A whole clip from ``src`` Hz to ``dst`` Hz (float32 mono)."""
     if src == dst or len(x) == 0:
-        return x
-    if dst < src:
-        cutoff = 0.5 * dst / src
-        taps = 31
-        n = np.arange(taps) - (taps - 1) / 2
-        h = np.sinc(2 * cutoff * n) * np.hamming(taps)
-        h /= h.sum()
-        x = np.convolve(x, h, mode="same").astype(np.float32)
-    n_out = round(len(x) * dst / src)
-    t = np.arange(n_out) * (src / dst)
-    return np.interp(t, np.arange(len(x)), x).astype(np.float32)
+        return x.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(x.astype(np.float32, copy=False), src, dst, quality="HQ")
+
+
+class StreamResampler:
+    """Resamples a live stream frame by frame, carrying the filter state.
+
+    Output lags input by a few milliseconds; ``flush()`` returns the tail. The
+    input rate may change mid-stream (the resampler is then rebuilt)."""
+
+    def __init__(self, dst: int):
+        self.dst = dst
+        self.src: int | None = None
+        self._rs = None
+
+    def __call__(self, x: np.ndarray, src: int) -> np.ndarray:
+        if src == self.dst:
+            return x
+        if src != self.src:
+            import soxr
+
+            self.src = src
+            self._rs = soxr.ResampleStream(src, self.dst, 1, dtype="float32", quality="HQ")
+        return self._rs.resample_chunk(x.astype(np.float32, copy=False))
+
+    def flush(self) -> np.ndarray:
+        if self._rs is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
