@@ -33,12 +33,21 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``chains.Runtime``, ``chains.Session``, ``chains.Output``: the runtime's public
-    classes, imported on first use (the runtime itself imports this vocabulary)."""
+    """``chains.Runtime``, ``chains.Session``, ``chains.Output``, ``chains.Client`` and
+    ``chains.serve``: the runtime's and the transport's public faces, imported on first
+    use (those layers themselves import this vocabulary)."""
     if name in ("Runtime", "Output", "Session"):
         import runtime
 
         return getattr(runtime, name)
+    if name == "Client":
+        from transport.client import Client
+
+        return Client
+    if name == "serve":
+        from transport.server import serve
+
+        return serve
     raise AttributeError(f"module 'chains' has no attribute {name!r}")
 
 
