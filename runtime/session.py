@@ -172,6 +172,8 @@ class Session:
         shed_late = stage.shed_late
         node_budget = stage.budget_s
         mono = time.monotonic
+        # The hot path of every pass-through hop: _next_live's receive and the epoch
+        # check are inlined here on purpose (a call per item shows in benchmarks/overhead.py).
         while True:
             try:
                 env = rx.receive_nowait()
