@@ -45,6 +45,14 @@ class StaleItem(Exception):
     """The item's turn was interrupted (or its session closed) before it was served."""
 
 
+def fail_future(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    """Fail ``fut`` for whoever awaits it; if its session is gone and nobody does,
+    asyncio must not log "exception was never retrieved"."""
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # marks it retrieved; an awaiting session still gets it raised
+
+
 @dataclass(order=True)
 class BatchItem:
     deadline: float
@@ -110,10 +118,9 @@ class Batcher:
                 if it.alive() and not it.future.done():
                     keep.append(it)
                 else:
-                    if not it.future.done():
-                        # not cancel(): its session awaits it, and a cancelled future would
-                        # read as that session's own cancellation
-                        it.future.set_exception(StaleItem())
+                    # not cancel(): its session awaits it, and a cancelled future would
+                    # read as that session's own cancellation
+                    fail_future(it.future, StaleItem())
                     if self.on_stale:
                         self.on_stale(it)
             heapq.heapify(keep)

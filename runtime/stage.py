@@ -20,7 +20,7 @@ import anyio
 from chains.errors import ModelError, NodeError
 from chains.graph import GraphNode
 from chains.spec import NodeSpec, Shape
-from runtime.batcher import Batcher, BatchItem, Policy
+from runtime.batcher import Batcher, BatchItem, Policy, fail_future
 from runtime.costmodel import CostModel
 from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
@@ -188,8 +188,7 @@ class Stage:
     # --- batching -------------------------------------------------------------------
     def _shed_item(self, item: BatchItem, late_s: float) -> None:
         self.metrics.shed += 1
-        if not item.future.done():
-            item.future.set_exception(Shed(self.name, late_s))
+        fail_future(item.future, Shed(self.name, late_s))
 
     def _stale_item(self, item: BatchItem) -> None:
         self.metrics.stale += 1
@@ -225,8 +224,7 @@ class Stage:
                 err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
                 self.log.warning("batch_failed", size=len(batch), error=str(err))
                 if len(batch) == 1:
-                    if not batch[0].future.done():
-                        batch[0].future.set_exception(err)
+                    fail_future(batch[0].future, err)
                     return
                 # One bad item must not fail the sessions batched with it: run each alone.
                 await self._isolate(inst, batch)
@@ -258,8 +256,7 @@ class Stage:
                     raise NodeError(self.name, f"returned {res!r:.60} for a batch of 1")
             except Exception as e:
                 err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
-                if not it.future.done():
-                    it.future.set_exception(err)
+                fail_future(it.future, err)
                 continue
             self.metrics.items += 1
             if not it.future.done():
