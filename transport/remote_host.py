@@ -16,7 +16,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -290,6 +290,16 @@ class _HostLink:
             self.sessions.pop(f.session, None)
 
     # --- calls ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _cancellable(self, call_id: int) -> Iterator[anyio.CancelScope]:
+        """A cancel scope the caller's Cancel frame reaches (one that came first applies)."""
+        with anyio.CancelScope() as scope:
+            if call_id in self.cancelled:
+                self.cancelled.discard(call_id)
+                scope.cancel()
+            self.scopes[call_id] = scope
+            yield scope
+
     async def _call(self, f: Call) -> None:
         host = self.host
         stage = host.stage
@@ -304,11 +314,7 @@ class _HostLink:
         token = set_context(NodeContext(f.session, stage.name, sess.state, lambda: sess.epoch, sess.meta))
         terminal = False
         try:
-            with anyio.CancelScope() as scope:
-                if f.id in self.cancelled:
-                    self.cancelled.discard(f.id)
-                    scope.cancel()
-                self.scopes[f.id] = scope
+            with self._cancellable(f.id) as scope:
                 try:
                     args = tuple(codec.decode(a) for a in f.args)
                     deadline = host.deadline(f.budget_ms)
@@ -349,9 +355,9 @@ class _HostLink:
             m.shed += 1
             raise Shed(stage.name, t1 + stage.expected_service_s() - deadline)
         replicas = stage.replicas
-        slot = replicas.acquire() if hasattr(replicas, "acquire") else None
+        slot = replicas.acquire()
         try:
-            inst = replicas.instances[slot] if slot is not None else replicas.pick()
+            inst = replicas.instances[slot]
             try:
                 result = await stage.call(inst, args)
             except Exception:
@@ -359,8 +365,7 @@ class _HostLink:
                 m.consecutive_errors += 1
                 raise
         finally:
-            if slot is not None:
-                replicas.release(slot)
+            replicas.release(slot)
             stage.limiter.release()
         t2 = time.monotonic()
         m.service.observe(t2 - t1)
@@ -375,14 +380,16 @@ class _HostLink:
         credits = self.item_credits[call_id] = Credits(self.out_window)
         await stage.limiter.acquire(deadline)
         t0 = time.monotonic()
+        slot = stage.replicas.acquire()  # least busy, as in-process streaming calls do
         try:
-            agen = stage.open_stream(stage.replicas.pick(), args)
+            agen = stage.open_stream(stage.replicas.instances[slot], args)
             async with contextlib.aclosing(agen):
                 async for out in agen:
                     await credits.acquire()
                     self.out.put(Item(call_id, self.host.codec.encode(out)))
             stage.metrics.items += 1
         finally:
+            stage.replicas.release(slot)
             stage.limiter.release()
             stage.metrics.service.observe(time.monotonic() - t0)
             self.item_credits.pop(call_id, None)
@@ -415,11 +422,7 @@ class _HostLink:
         token = set_context(NodeContext(f.session, stage.name, sess.state, lambda: sess.epoch, sess.meta))
         terminal = False
         try:
-            with anyio.CancelScope() as scope:
-                if f.id in self.cancelled:
-                    self.cancelled.discard(f.id)
-                    scope.cancel()
-                self.scopes[f.id] = scope
+            with self._cancellable(f.id) as scope:
                 try:
                     agen = stage.open_stream(stage.replicas.pick(), tuple(args))
                     async with contextlib.aclosing(agen):
