@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 from chains.errors import ChainError
 from chains.graph import Graph, Handle, build, call_site, current_graph
-from chains.spec import Batch, Device, NodeSpec, OnLate, Options, analyse
+from chains.spec import Batch, Device, NodeSpec, OnLate, Options, Placement, RouterName, analyse
 
 F = TypeVar("F")
 
@@ -107,6 +107,15 @@ def node(
     retries: int = 0,
     timeout_ms: float | None = None,
     on_late: OnLate = "serve",
+    router: RouterName | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    target_utilization: float = 0.7,
+    placement: Placement | None = None,
+    cpu: float | None = None,
+    gpu: float | None = None,
+    resources: dict[str, float] | None = None,
+    max_restarts: int = -1,
 ) -> Callable[[F], F]: ...
 
 

@@ -43,6 +43,8 @@ class Batch(msgspec.Struct, frozen=True):
 
 OnLate = Literal["shed", "serve"]
 Device = Literal["cpu", "cuda", "auto"]
+RouterName = Literal["least_busy", "round_robin", "sticky", "prefix"]
+Placement = Literal["local", "ray"]
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +59,16 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     timeout_ms: float | None = None
     on_late: OnLate = "serve"
+    # --- replicas: routing, scaling, placement, supervision (DESIGN.md "Replicas") ---
+    router: RouterName | None = None  # None: least busy ("prefix" for nodes that expose route tokens)
+    min_replicas: int | None = None  # autoscaling bounds: set either to let the stage scale
+    max_replicas: int | None = None
+    target_utilization: float = 0.7  # the autoscaler's aim for busy slots / all slots
+    placement: Placement | None = None  # None: "ray" for shared stages when the runtime runs on Ray
+    cpu: float | None = None  # a replica's CPU share on a cluster (Ray num_cpus)
+    gpu: float | None = None  # a replica's GPU share on a cluster (Ray num_gpus)
+    resources: dict[str, float] | None = None  # custom cluster resources per replica
+    max_restarts: int = -1  # rebuilds of a lost replica (-1: unlimited)
 
     def validate(self, where: str, node: str | None = None) -> None:
         def bad(msg: str) -> ChainError:
@@ -78,6 +90,32 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             raise bad(f"on_late must be 'shed' or 'serve', got {self.on_late!r}")
         if self.batch is not None and not isinstance(self.batch, Batch):
             raise bad(f"batch must be chains.Batch(...), got {self.batch!r}")
+        if self.router is not None and self.router not in ("least_busy", "round_robin", "sticky", "prefix"):
+            raise bad(f"router must be 'least_busy', 'round_robin', 'sticky' or 'prefix', got {self.router!r}")
+        lo, hi = self.min_replicas, self.max_replicas
+        if lo is not None and lo < 1:
+            raise bad(f"min_replicas must be >= 1, got {lo}")
+        if hi is not None and hi < max(1, lo or 1):
+            raise bad(f"max_replicas must be >= min_replicas (and >= 1), got {hi}")
+        if not 0 < self.target_utilization <= 1:
+            raise bad(f"target_utilization must be in (0, 1], got {self.target_utilization}")
+        if self.placement not in (None, "local", "ray"):
+            raise bad(f"placement must be 'local' or 'ray', got {self.placement!r}")
+        for field in ("cpu", "gpu"):
+            v = getattr(self, field)
+            if v is not None and v < 0:
+                raise bad(f"{field} must be >= 0, got {v}")
+        if self.gpu is not None and self.gpu > 1 and self.gpu != int(self.gpu):
+            raise bad(f"gpu above 1 must be a whole number of GPUs, got {self.gpu}")
+        for k, v in (self.resources or {}).items():
+            if not isinstance(k, str) or v < 0:
+                raise bad(f"resources must map names to amounts >= 0, got {k!r}: {v!r}")
+        if self.max_restarts < -1:
+            raise bad(f"max_restarts must be >= -1 (-1: unlimited), got {self.max_restarts}")
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None or self.max_replicas is not None
 
 
 class Shape(StrEnum):
@@ -110,8 +148,13 @@ class NodeSpec:
 
     @property
     def concurrency(self) -> int:
+        """Calls in flight per replica. A batched map runs one batch at a time per replica
+        (the batcher's cost model assumes batches run one after another); an async map
+        64, a sync one 1 (a worker thread each), unless the node says otherwise."""
         if self.options.concurrency is not None:
             return self.options.concurrency
+        if self.shape is Shape.BATCH:
+            return 1
         return 64 if self.is_async else 1
 
     @property
