@@ -8,9 +8,19 @@ or ``chains run FILE``. See DESIGN.md for the model.
 from chains.api import call, running, stream
 from chains.builtins import merge, zip
 from chains.context import NodeContext, context
-from chains.errors import ChainError, ChainsError, LockError, ModelError, NodeError, Overloaded
+from chains.errors import (
+    ChainError,
+    ChainsError,
+    LockError,
+    ModelError,
+    NodeError,
+    NoReplica,
+    Overloaded,
+    ReplicaLost,
+)
 from chains.messages import (
     AudioFrame,
+    ConfirmTurn,
     Control,
     Embedding,
     EndOfTurn,
@@ -19,6 +29,7 @@ from chains.messages import (
     ErrorEvent,
     Interrupt,
     Message,
+    SpeculativeTurn,
     SpeechStarted,
     Text,
     TextDelta,
@@ -56,6 +67,7 @@ __all__ = [
     "Batch",
     "Chain",
     "ChainError",
+    "ConfirmTurn",
     "ChainsError",
     "Control",
     "Embedding",
@@ -71,12 +83,15 @@ __all__ = [
     "NodeClass",
     "NodeContext",
     "NodeDef",
+    "NoReplica",
     "NodeError",
     "NodeTemplate",
     "Output",
     "Overloaded",
+    "ReplicaLost",
     "Runtime",
     "Session",
+    "SpeculativeTurn",
     "SpeechStarted",
     "Stream",
     "Text",

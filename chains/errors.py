@@ -32,6 +32,24 @@ class NodeError(ChainsError):
         super().__init__(f"node {node!r} failed: {message}")
 
 
+class ReplicaLost(NodeError):
+    """The replica serving an item died (its engine process, its actor, its host).
+
+    A node raises it when its model can no longer serve (an engine that is gone); the
+    runtime raises it for items in flight on a replica that is lost. Either way the
+    replica is taken out of service and rebuilt while the other replicas go on."""
+
+    def __init__(self, node: str, message: str):
+        super().__init__(node, message, code="replica_lost")
+
+
+class NoReplica(NodeError):
+    """No replica of the node is ready (all lost and being rebuilt, or still loading)."""
+
+    def __init__(self, node: str, message: str):
+        super().__init__(node, message, code="no_replica")
+
+
 class Overloaded(ChainsError):
     """Admission refused: a session or queue limit is reached."""
 

@@ -95,6 +95,19 @@ class Interrupt(Control, frozen=True):
     reason: str = ""
 
 
+class SpeculativeTurn(Control, frozen=True):
+    """Start a speculative turn (a stream node that guesses the user is done, e.g. the
+    VAD at the first silence). Work of the new turn runs at once, but its outputs are
+    held by the session until ``ConfirmTurn``; an ``Interrupt`` before that discards
+    them (in-flight calls cancelled, queued items dropped), and the client sees nothing."""
+
+    reason: str = ""
+
+
+class ConfirmTurn(Control, frozen=True):
+    """The current speculative turn is the real one: its held outputs go out, in order."""
+
+
 class ErrorEvent(Message, frozen=True):
     """An item failed or was shed at ``node``; the session goes on."""
 
@@ -110,9 +123,11 @@ __all__ = [
     "EndOfTurn",
     "Entities",
     "Entity",
+    "ConfirmTurn",
     "ErrorEvent",
     "Interrupt",
     "Message",
+    "SpeculativeTurn",
     "SpeechStarted",
     "Text",
     "TextDelta",

@@ -27,30 +27,12 @@ from typing import Any, Literal, Protocol
 import anyio
 from tenacity import AsyncRetrying, stop_after_attempt, stop_never, wait_exponential
 
-from chains.errors import ModelError, NodeError
+from chains.errors import ModelError, NoReplica, ReplicaLost
 from chains.spec import NodeSpec
 from runtime.logs import get_logger
 from runtime.routing import LeastBusy, Route, Router
 
 ReplicaState = Literal["loading", "ready", "lost", "draining", "stopped"]
-
-
-class ReplicaLost(NodeError):
-    """The replica serving an item died (its engine process, its actor, its host).
-
-    A node raises it when its model can no longer serve (an engine that is gone); the
-    runtime raises it for items in flight on a replica that is lost. Either way the
-    replica is rebuilt and other replicas go on serving."""
-
-    def __init__(self, node: str, message: str):
-        super().__init__(node, message, code="replica_lost")
-
-
-class NoReplica(NodeError):
-    """No replica of the node is ready (all lost and rebuilding, or still loading)."""
-
-    def __init__(self, node: str, message: str):
-        super().__init__(node, message, code="no_replica")
 
 
 class Replica:
