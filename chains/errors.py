@@ -7,8 +7,11 @@ class ChainsError(Exception):
     """Base of every chains error."""
 
 
-class ChainError(ChainsError):
-    """A chain definition is invalid (raised while compiling it)."""
+class DefinitionError(ChainsError):
+    """A chain definition is invalid (raised while compiling it).
+
+    Named apart from ``ChainsError`` (the base of every error here): the two used to
+    differ by one letter."""
 
     def __init__(self, message: str, *, node: str | None = None, where: str | None = None):
         self.node = node
@@ -20,6 +23,10 @@ class ChainError(ChainsError):
             parts.append(f"node {node!r}")
         prefix = ": ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+ChainError = DefinitionError
+"""The old name of ``DefinitionError``, kept so existing ``except ChainError`` code works."""
 
 
 class NodeError(ChainsError):
