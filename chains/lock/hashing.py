@@ -24,16 +24,13 @@ from typing import Any
 
 import xxhash
 
+from chains.home import chains_home
+
 CHUNK = 1 << 20  # 1 MiB
 CACHE_FORMAT = 1
 # A file modified this recently may be modified again within the same mtime tick
 # (coarse-timestamp filesystems), so its hash is not cached ("racy git" rule).
 RACY_NS = 2_000_000_000
-
-
-def chains_home() -> Path:
-    """Where chains keeps its caches: ``$CHAINS_HOME`` or ``~/.cache/chains``."""
-    return Path(os.environ.get("CHAINS_HOME") or Path.home() / ".cache" / "chains")
 
 
 @dataclass(frozen=True)
