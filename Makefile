@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lock-check: setup
-	$(BIN)/chains lock --check demos/voice.py demos/enrich.py
+	$(BIN)/chains lock --check
 
 bench: setup
 	mkdir -p out

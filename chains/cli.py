@@ -50,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("graph", help="print the chain's DAG as Mermaid text")
     g.add_argument("target", metavar="FILE[:CHAIN]")
 
-    lk = sub.add_parser("lock", help="write chains.lock (or --check it)")
-    lk.add_argument("targets", nargs="+", metavar="FILE[:CHAIN]")
+    lk = sub.add_parser(
+        "lock", help="write chains.lock (or --check it); no FILE: every chain the lock names"
+    )
+    lk.add_argument("targets", nargs="*", metavar="FILE[:CHAIN]")
     lk.add_argument("--check", action="store_true", help="exit 1 if chains.lock does not match")
     lk.add_argument("--lock", type=Path, default=Path("chains.lock"))
 
@@ -146,12 +148,13 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 def _cmd_lock(args: argparse.Namespace) -> int:
     from chains.loader import load_chain
-    from chains.lock import check_lock, format_differences, write_lock
+    from chains.lock import check_lock, format_differences, locked_targets, write_lock
 
-    chains_ = [load_chain(t) for t in args.targets]
+    if not args.lock.exists() and (args.check or not args.targets):
+        raise ChainsError(f"{args.lock} does not exist: run `chains lock FILE...` first")
+    targets = args.targets or locked_targets(args.lock)
+    chains_ = [load_chain(t) for t in targets]
     if args.check:
-        if not args.lock.exists():
-            raise ChainsError(f"{args.lock} does not exist: run `chains lock` first")
         diffs = check_lock(chains_, args.lock)
         if diffs:
             print(f"{args.lock} does not match:\n{format_differences(diffs)}", file=sys.stderr)

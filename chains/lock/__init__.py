@@ -36,6 +36,40 @@ def _project(path: Path) -> Path:
     return Path(os.path.abspath(path)).parent
 
 
+def _chain_file(chain: _HasGraph, project: Path) -> str:
+    """Where the chain is defined, relative to the project when inside it."""
+    fn = getattr(chain, "fn", None)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    f = Path(os.path.abspath(code.co_filename))
+    try:
+        return f.relative_to(project).as_posix()
+    except ValueError:
+        return f.as_posix()
+
+
+def locked_targets(path: str | os.PathLike[str]) -> list[str]:
+    """``FILE:CHAIN`` for every chain the lock at ``path`` names (what `chains lock
+    --check` checks when no FILE is given). Raises ``LockError`` when the lock is
+    missing or an entry does not record its file (a lock written before files were
+    recorded: run `chains lock FILE...` once to add them)."""
+    p = Path(path)
+    lock = read(p)
+    if not lock.chains:
+        raise LockError(f"{p} names no chains: run `chains lock FILE...` first")
+    targets: list[str] = []
+    for name, entry in lock.chains.items():
+        if not entry.file:
+            raise LockError(
+                f"{p}: chain {name!r} does not record its file; run `chains lock FILE...` "
+                "once to add it, or name the files to check"
+            )
+        f = Path(entry.file)
+        targets.append(f"{f if f.is_absolute() else _project(p) / f}:{name}")
+    return targets
+
+
 def lock_data(
     chains: Sequence[_HasGraph], path: str | os.PathLike[str], *, cache: HashCache | None = None
 ) -> LockFile:
@@ -51,7 +85,8 @@ def lock_data(
             with contextlib.suppress(LockError):  # an unreadable old lock is replaced whole
                 entries.update(read(p).chains)
         for c in chains:
-            entries[c.name] = collect_chain(c.graph, _project(p), cache)
+            entry = collect_chain(c.graph, _project(p), cache)
+            entries[c.name] = msgspec.structs.replace(entry, file=_chain_file(c, _project(p)))
     finally:
         if own:
             cache.save()
@@ -132,6 +167,7 @@ __all__ = [
     "loads",
     "lock_data",
     "lock_has_chain",
+    "locked_targets",
     "read",
     "write_lock",
 ]

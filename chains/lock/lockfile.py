@@ -72,6 +72,10 @@ class NodeEntry(_Entry):
 
 class ChainEntry(_Entry):
     graph: Hex128  # Graph.hash()
+    # The chain's file, relative to the lock's folder when inside it ("demos/voice.py"),
+    # so `chains lock --check` with no FILE can find every chain the lock names.
+    # Not compared by the check: it says where the chain is, not what it is.
+    file: str = ""
     budget_ms: float | None = None
     inputs: list[str] = []
     outputs: dict[str, str] = {}
