@@ -19,6 +19,7 @@ from typing import Any
 import xxhash
 
 from chains.errors import ChainError
+from chains.outputs import RESERVED
 from chains.spec import NodeSpec, Shape, _is_stream, compatible, describe_type, strip_control
 
 _building: contextvars.ContextVar[Graph | None] = contextvars.ContextVar("chains_graph", default=None)
@@ -308,7 +309,7 @@ def build(fn: Any, name: str, budget_ms: float | None) -> Graph:
     for key, h in outputs.items():
         if not isinstance(key, str):
             raise ChainError(f"chain {name}: output names must be strings, got {key!r}", where=where_def)
-        if key == "error" or key == "events":
+        if key in RESERVED:
             raise ChainError(f"chain {name}: output name {key!r} is reserved", where=where_def)
         if not isinstance(h, Handle) or h.graph is not graph:
             raise ChainError(

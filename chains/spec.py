@@ -91,7 +91,9 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         if self.batch is not None and not isinstance(self.batch, Batch):
             raise bad(f"batch must be chains.Batch(...), got {self.batch!r}")
         if self.router is not None and self.router not in ("least_busy", "round_robin", "sticky", "prefix"):
-            raise bad(f"router must be 'least_busy', 'round_robin', 'sticky' or 'prefix', got {self.router!r}")
+            raise bad(
+                f"router must be 'least_busy', 'round_robin', 'sticky' or 'prefix', got {self.router!r}"
+            )
         lo, hi = self.min_replicas, self.max_replicas
         if lo is not None and lo < 1:
             raise bad(f"min_replicas must be >= 1, got {lo}")
@@ -160,6 +162,12 @@ class NodeSpec:
     @property
     def qualname(self) -> str:
         return f"{self.impl.__module__}:{self.impl.__qualname__}"
+
+
+def checkable(t: Any) -> bool:
+    """Can a value be checked against ``t`` with isinstance? Not for ``Any`` (a class
+    since Python 3.11, yet isinstance refuses it), ``object`` or generic aliases."""
+    return isinstance(t, type) and t is not Any and t is not object and not isinstance(t, types.GenericAlias)
 
 
 def describe_type(t: Any) -> str:

@@ -7,7 +7,8 @@ node), ``session`` (one client's tasks and channels), ``engine`` (the owner of
 stages and sessions), ``metrics`` and ``logs``.
 """
 
+from chains.outputs import Output
 from runtime.engine import Runtime, active_runtime
-from runtime.session import Output, Session
+from runtime.session import Session
 
 __all__ = ["Output", "Runtime", "Session", "active_runtime"]

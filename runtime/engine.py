@@ -19,11 +19,13 @@ import anyio
 
 from chains.errors import ChainError, NodeError, Overloaded
 from chains.messages import ErrorEvent
+from chains.outputs import ERROR, EVENTS, Output
+from chains.spec import checkable
 from runtime.batcher import Policy
 from runtime.envelope import Envelope  # noqa: F401  (re-exported for transports)
 from runtime.logs import get_logger
 from runtime.metrics import COLLECTOR, ChainMetrics
-from runtime.session import ERROR, EVENTS, Output, Session
+from runtime.session import Session
 from runtime.stage import make_stages
 
 _active: contextvars.ContextVar[dict[int, Runtime]] = contextvars.ContextVar("chains_runtimes", default={})  # noqa: B039
@@ -91,6 +93,9 @@ class Runtime:
         self.stages, self._replica_sets = make_stages(
             graph.name, graph.nodes, self.metrics.stage, batch_policy
         )
+        self._session_hooks = [
+            rs for rs in self._replica_sets if hasattr(rs.provider, "session_closed_hook")
+        ]
         self.budget_s = chain.budget_ms / 1000.0 if getattr(chain, "budget_ms", None) else None
         self.sessions: dict[str, Session] = {}
         self.log = get_logger(chain=graph.name)
@@ -109,6 +114,8 @@ class Runtime:
             for rs in self._replica_sets:
                 await rs.start()
             self.log.info("started", nodes=len(self.stages), load_s=round(time.monotonic() - t0, 3))
+            for rs in self._replica_sets:
+                self._tg.start_soon(rs.run, name=f"replicas:{rs.name}")
             for st in self.stages:
                 if st.batcher is not None:
                     self._tg.start_soon(st.run_batcher, name=f"batcher:{st.name}")
@@ -121,6 +128,8 @@ class Runtime:
             COLLECTOR.register(self.metrics)
         active = dict(_active.get())
         active[id(self.chain)] = self
+        # A chain rewritten to run elsewhere (remote stages, Ray) serves its original too.
+        active[id(getattr(self.chain, "original", self.chain))] = self
         self._token = _active.set(active)
         return self
 
@@ -130,8 +139,13 @@ class Runtime:
             self._token = None
         if self._register:
             COLLECTOR.unregister(self.metrics)
-        for sess in list(self.sessions.values()):
+        live = list(self.sessions.values())
+        for sess in live:
             sess.cancel()  # nothing a runtime serves outlives it
+        # Sessions run in their callers' tasks: let them end before the replicas close.
+        with anyio.move_on_after(5.0, shield=True):
+            for sess in live:
+                await sess.done.wait()
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
         try:
@@ -210,6 +224,10 @@ class Runtime:
     def _forget(self, sess: Session) -> None:
         self.sessions.pop(sess.id, None)
         self.metrics.sessions_active = len(self.sessions)
+        # Replicas that keep per-session state elsewhere (a remote host) drop it now.
+        for rs in self._session_hooks:
+            for inst in rs.instances:
+                inst.on_session_closed(sess.id)
 
     # --- one-shot helpers -----------------------------------------------------------
     async def _feed(self, sess: Session, inputs: tuple[Any, ...]) -> None:
@@ -238,7 +256,7 @@ class Runtime:
             raise TypeError(f"chain {self.graph.name!r} takes {want} input(s) ({names}), got {len(inputs)}")
         for inp, value in zip(self.graph.inputs, inputs, strict=True):
             t = inp.type
-            if not inp.stream and isinstance(t, type) and t is not object and not isinstance(value, t):
+            if not inp.stream and checkable(t) and not isinstance(value, t):
                 raise TypeError(
                     f"chain {self.graph.name!r} input {inp.name!r} wants {t.__name__}, "
                     f"got {type(value).__name__}"

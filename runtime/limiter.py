@@ -44,7 +44,19 @@ class DeadlineLimiter:
                 fut.cancel()
             raise
 
+    def resize(self, capacity: int) -> None:
+        """Change the number of slots (replicas came or went); waiters get new slots at once."""
+        self.capacity = capacity
+        while self._waiters and self.in_use < self.capacity:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                self.in_use += 1
+                fut.set_result(None)
+
     def release(self) -> None:
+        if self.in_use > self.capacity:  # shrunk: this slot goes away
+            self.in_use -= 1
+            return
         while self._waiters:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():

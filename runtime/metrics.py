@@ -100,12 +100,19 @@ class StageMetrics:
         self.first_output = Histogram()  # streaming calls: call start -> first output (LLM TTFT)
         self.queued = 0  # gauge: items waiting now
         self.consecutive_errors = 0  # reset by every success
+        self.replicas_ready = 0  # gauges kept by the replica set
+        self.replicas_loading = 0
+        self.replicas_lost = 0
+        self.replica_rebuilds = 0  # counter: lost replicas started again
 
     UNHEALTHY_AFTER = 10
 
     @property
     def healthy(self) -> bool:
-        """False once the node has failed this many items in a row (a broken model)."""
+        """False once the node has failed this many items in a row (a broken model), or
+        while it has lost replicas and none is ready."""
+        if self.replicas_lost and not self.replicas_ready:
+            return False
         return self.consecutive_errors < self.UNHEALTHY_AFTER
 
     def snapshot(self) -> dict[str, Any]:
@@ -117,6 +124,12 @@ class StageMetrics:
             "stale": self.stale,
             "queued": self.queued,
             "healthy": self.healthy,
+            "replicas": {
+                "ready": self.replicas_ready,
+                "loading": self.replicas_loading,
+                "lost": self.replicas_lost,
+                "rebuilds": self.replica_rebuilds,
+            },
             "queue_wait_ms": self.queue_wait.summary(1000.0),
             "service_ms": self.service.summary(1000.0),
             "batch_size": self.batch_size.summary(),
@@ -201,6 +214,12 @@ class MetricsCollector:
             "chains_stage_service_seconds", "Service time per call", labels=["chain", "node"]
         )
         bsz = HistogramMetricFamily("chains_stage_batch_size", "Batch size", labels=["chain", "node"])
+        replicas = GaugeMetricFamily(
+            "chains_stage_replicas", "Replicas by state", labels=["chain", "node", "state"]
+        )
+        rebuilds = CounterMetricFamily(
+            "chains_stage_replica_rebuilds", "Lost replicas started again", labels=["chain", "node"]
+        )
         for c in list(self.chains.values()):
             sessions.add_metric([c.chain], c.sessions_active)
             total.add_metric([c.chain], c.sessions_total)
@@ -219,6 +238,10 @@ class MetricsCollector:
                 wait.add_metric(lab, s.queue_wait.cumulative(), s.queue_wait.sum)
                 svc.add_metric(lab, s.service.cumulative(), s.service.sum)
                 bsz.add_metric(lab, s.batch_size.cumulative(), s.batch_size.sum)
+                replicas.add_metric([*lab, "ready"], s.replicas_ready)
+                replicas.add_metric([*lab, "loading"], s.replicas_loading)
+                replicas.add_metric([*lab, "lost"], s.replicas_lost)
+                rebuilds.add_metric(lab, s.replica_rebuilds)
         yield from (
             sessions,
             total,
@@ -235,6 +258,8 @@ class MetricsCollector:
             wait,
             svc,
             bsz,
+            replicas,
+            rebuilds,
         )
 
 

@@ -272,7 +272,11 @@ class ReplicaSet:
         old, r.instance = r.instance, None
         if old is not None:
             await self._stop(old)
-        stop = stop_never if self.max_restarts < 0 else stop_after_attempt(max(1, self.max_restarts - r.restarts))
+        stop = (
+            stop_never
+            if self.max_restarts < 0
+            else stop_after_attempt(max(1, self.max_restarts - r.restarts))
+        )
         lo, hi = self.backoff_s
         try:
             async for attempt in AsyncRetrying(
@@ -280,7 +284,9 @@ class ReplicaSet:
             ):
                 with attempt:
                     if self.max_restarts >= 0 and r.restarts >= self.max_restarts:
-                        raise ModelError(f"node {self.name!r}: replica {r.id} used its {self.max_restarts} restarts")
+                        raise ModelError(
+                            f"node {self.name!r}: replica {r.id} used its {self.max_restarts} restarts"
+                        )
                     r.restarts += 1
                     self.rebuilds += 1
                     r.instance = await self.provider.start(r.id)

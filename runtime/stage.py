@@ -1,30 +1,48 @@
-"""A stage: the shared worker set of one node, serving every session.
+"""A stage: one node served to every session, and the one place that serves an item.
 
-Replicas (one instance of a class node each, loading its model once) are shared
-by all sessions; for a class template used several times in a chain, by all its
-graph nodes too. Maps and streaming maps run in their session's task under the
-stage's deadline-ordered concurrency limit; batched maps go through the stage's
-batcher, which forms batches across sessions.
+Whoever has an item for a node (a session's runner, a fan-in map, the remote host
+serving another process) calls ``Stage.serve`` (a value out) or
+``Stage.serve_stream`` (outputs as they come). Everything that decides how an item
+is served lives behind those two calls, once:
+
+- admission: the stage's deadline-ordered concurrency limit (EDF across sessions);
+- the deadline check: an item that can no longer make it is shed (``on_late="shed"``)
+  or served and counted late;
+- replica choice: the replica set's router picks a ready replica;
+- timing, a timeout per attempt, retries with exponential backoff that never run
+  past the item's deadline;
+- errors: user exceptions become ``NodeError`` naming the node; an error that means
+  the replica died takes it out of service (it is rebuilt) and reads ``replica_lost``;
+- metrics: queue wait, service time, items, errors, shed, late, first output.
+
+Batched maps go through the stage's batcher, which forms batches across sessions;
+``submit`` hands it one item and returns the future its session awaits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-import inspect
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from chains.errors import ModelError, NodeError
+from chains.errors import NodeError, ReplicaLost
 from chains.graph import GraphNode
-from chains.spec import NodeSpec, Shape
-from runtime.batcher import Batcher, BatchItem, Policy, fail_future
+from chains.spec import Shape
+from runtime.batcher import Batcher, BatchItem, Policy, StaleItem, fail_future
 from runtime.costmodel import CostModel
 from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
 from runtime.metrics import StageMetrics
+from runtime.replicas import LocalProvider, Replica, ReplicaSet
+from runtime.routing import Route, make_router
+
+_mono = time.monotonic
 
 
 class Shed(NodeError):
@@ -35,66 +53,8 @@ class Shed(NodeError):
         self.late_s = late_s
 
 
-class ReplicaSet:
-    """The loaded instances of one node implementation (a class template or a function)."""
-
-    def __init__(self, spec: NodeSpec, template: Any):
-        self.spec = spec
-        self.template = template
-        self.instances: list[Any] = []
-        self.busy: list[int] = []  # calls in flight per replica
-        self._rr = 0
-
-    async def start(self) -> None:
-        if not self.spec.is_class:
-            self.instances = [self.spec.impl] * self.spec.options.replicas
-            self.busy = [0] * len(self.instances)
-            return
-        for _ in range(self.spec.options.replicas):
-            try:
-                inst = await anyio.to_thread.run_sync(self.template.instantiate)
-                setup = getattr(inst, "setup", None)
-                if setup is not None:
-                    res = setup()
-                    if inspect.isawaitable(res):
-                        await res
-            except ModelError:
-                raise
-            except Exception as e:
-                raise ModelError(f"node {self.spec.name!r} failed to start: {type(e).__name__}: {e}") from e
-            self.instances.append(inst)
-            self.busy.append(0)
-
-    async def close(self) -> None:
-        for inst in self.instances if self.spec.is_class else ():
-            close = getattr(inst, "close", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        res = close()
-                        if inspect.isawaitable(res):
-                            await res
-                    except Exception as e:  # a failing close must not hide the others
-                        get_logger(node=self.spec.name).warning("close_failed", error=repr(e))
-        self.instances = []
-
-    def pick(self) -> Any:
-        """A replica for a long-lived per-session use (a stream node): round robin."""
-        self._rr = (self._rr + 1) % len(self.instances)
-        return self.instances[self._rr]
-
-    def acquire(self) -> int:
-        """The least busy replica for one call; ``release`` it after.
-
-        The stage limiter caps calls at concurrency x replicas in all; taking the
-        least busy replica keeps each one within its own ``concurrency``."""
-        busy = self.busy
-        i = min(range(len(busy)), key=busy.__getitem__) if len(busy) > 1 else 0
-        busy[i] += 1
-        return i
-
-    def release(self, i: int) -> None:
-        self.busy[i] -= 1
+def _retryable(exc: BaseException) -> bool:
+    return not isinstance(exc, Shed | StaleItem)
 
 
 class Stage:
@@ -117,10 +77,12 @@ class Stage:
         self.timeout_s = opts.timeout_ms / 1000.0 if opts.timeout_ms else None
         self.retries = opts.retries
         self.shed_late = opts.on_late == "shed"
+        # An async map with no timeout and no retries is awaited directly: the hot path.
+        self.fast = self.spec.is_async and self.timeout_s is None and self.retries == 0
         self.downstream_s = 0.0  # expected time the stages after this one need
         self.cost = CostModel()
-        slots = self.spec.concurrency * opts.replicas
-        self.limiter = DeadlineLimiter(slots)
+        self.limiter = DeadlineLimiter(self.spec.concurrency * max(1, replicas.target))
+        replicas.on_change.append(self._replicas_changed)
         self.batcher: Batcher | None = None
         if self.spec.shape is Shape.BATCH:
             assert opts.batch is not None
@@ -133,6 +95,15 @@ class Stage:
                 on_shed=self._shed_item,
                 on_stale=self._stale_item,
             )
+
+    def _replicas_changed(self, rs: ReplicaSet) -> None:
+        """Slots follow the ready replicas; with none ready one slot stays open, so items
+        fail fast with ``no_replica`` (or retry within their deadline) rather than hang."""
+        self.limiter.resize(self.spec.concurrency * max(1, len(rs.ready)))
+        c = rs.counts()
+        m = self.metrics
+        m.replicas_ready, m.replicas_loading, m.replicas_lost = c["ready"], c["loading"], c["lost"]
+        m.replica_rebuilds = rs.rebuilds
 
     # --- deadlines ------------------------------------------------------------------
     def deadline(self, chain_deadline: float, now: float) -> float:
@@ -147,31 +118,199 @@ class Stage:
             return self.cost.predict(1) if self.cost.n else 0.0
         return self.metrics.service.mean if self.metrics.service.count else 0.0
 
-    # --- calling user code ----------------------------------------------------------
-    def _raw_call(self, inst: Any, args: tuple[Any, ...]) -> Any:
-        return inst(*args)
+    def route(self, session: str, args: tuple[Any, ...]) -> Route | None:
+        """What the router sees of an item; None when there is nothing to choose from."""
+        rs = self.replicas
+        if len(rs.ready) < 2:
+            return None
+        tokens_of = getattr(rs.ready[0].instance, "route_tokens", None) if self.spec.is_class else None
+        return Route(session, args, tokens_of)
 
-    async def call(self, inst: Any, args: tuple[Any, ...]) -> Any:
-        """One map or batch call, in a worker thread for sync code, with retries and timeout."""
-        attempt = 0
-        while True:
+    # --- serving one item -----------------------------------------------------------
+    async def serve(
+        self,
+        args: tuple[Any, ...],
+        deadline: float,
+        route: Route | None = None,
+        alive: Callable[[], bool] | None = None,
+    ) -> Any:
+        """Serve one item on a map or batched map and return its result.
+
+        Raises ``NodeError`` (``Shed``, ``ReplicaLost``, ``NoReplica``, a timeout, the
+        node's own failure), or ``StaleItem`` when ``alive()`` turned False while it
+        waited (its turn was interrupted or its session ended)."""
+        if self.batcher is not None:
+            return await self.submit(args[0], deadline, alive or _always)
+        m = self.metrics
+        lim = self.limiter
+        t0 = _mono()
+        if not lim.try_acquire():
+            m.queued += 1
             try:
-                if self.timeout_s is None:
-                    return await self._invoke(inst, args)
+                await lim.acquire(deadline)
+            finally:
+                m.queued -= 1
+            t1 = _mono()
+            m.queue_wait.observe(t1 - t0)
+            t0 = t1
+            if alive is not None and not alive():
+                lim.release()
+                m.stale += 1
+                raise StaleItem()
+        if self.shed_late:
+            late = t0 + self.expected_service_s() - deadline
+            if late > 0:
+                lim.release()
+                m.shed += 1
+                raise Shed(self.name, late)
+        try:
+            if self.fast:
+                rs = self.replicas
+                r = rs.acquire(route)
+                try:
+                    result = await r.instance(*args)
+                except Exception as e:
+                    raise self._failed(r, e) from e
+                finally:
+                    rs.release(r)
+            else:
+                result = await self._call_with_retries(args, deadline, route)
+        finally:
+            lim.release()
+        t1 = _mono()
+        m.service.observe(t1 - t0)
+        m.items += 1
+        m.consecutive_errors = 0
+        if t1 > deadline:
+            m.late += 1
+        return result
+
+    async def serve_stream(
+        self, args: tuple[Any, ...], deadline: float, route: Route | None = None
+    ) -> AsyncGenerator[Any, None]:
+        """Serve one item on a streaming map: its outputs as they are produced.
+
+        Use it with ``contextlib.aclosing``: closing it early (an interrupt) closes the
+        node's generator and frees the slot and the replica."""
+        m = self.metrics
+        lim = self.limiter
+        t0 = _mono()
+        if not lim.try_acquire():
+            m.queued += 1
+            try:
+                await lim.acquire(deadline)
+            finally:
+                m.queued -= 1
+            t1 = _mono()
+            m.queue_wait.observe(t1 - t0)
+            t0 = t1
+        if self.shed_late:
+            late = t0 + self.expected_service_s() - deadline
+            if late > 0:
+                lim.release()
+                m.shed += 1
+                raise Shed(self.name, late)
+        rs = self.replicas
+        try:
+            r = rs.acquire(route)
+        except BaseException:
+            lim.release()
+            raise
+        first = True
+        try:
+            agen = r.instance(*args)
+            async with contextlib.aclosing(agen):
+                async for out in agen:
+                    if first:
+                        m.first_output.observe(_mono() - t0)
+                        first = False
+                    yield out
+        except Exception as e:
+            raise self._failed(r, e) from e
+        finally:
+            rs.release(r)
+            lim.release()
+            t1 = _mono()
+            m.service.observe(t1 - t0)
+            m.items += 1
+            if t1 > deadline:
+                m.late += 1
+        m.consecutive_errors = 0
+
+    def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
+        """Queue one item of a batched map; its session awaits the returned future (so it
+        can keep feeding the batcher while earlier items are served)."""
+        assert self.batcher is not None
+        fut = self.batcher.submit(payload, deadline, alive)
+        self.metrics.queued = len(self.batcher)
+        return fut
+
+    # --- errors -----------------------------------------------------------------------
+    def _failed(self, r: Replica | None, exc: BaseException, count: int = 1) -> NodeError:
+        """Count a failure (``count`` items) and say what it was; a replica that died
+        leaves the set."""
+        if isinstance(exc, Shed):
+            return exc
+        m = self.metrics
+        m.errors += count
+        m.consecutive_errors += count
+        rs = self.replicas
+        if r is not None and (isinstance(exc, ReplicaLost) or rs.is_lost(r, exc)):
+            rs.lost(r, exc)
+            if not isinstance(exc, ReplicaLost):
+                return ReplicaLost(self.name, f"replica {r.id} died: {type(exc).__name__}: {exc}")
+        if isinstance(exc, NodeError):
+            return exc
+        return NodeError(self.name, f"{type(exc).__name__}: {exc}")
+
+    def failed(self, exc: BaseException) -> NodeError:
+        """A failure of this stage's user code outside ``serve`` (a stream node): counted."""
+        return self._failed(None, exc)
+
+    # --- calling user code ----------------------------------------------------------
+    async def _call_with_retries(
+        self, args: tuple[Any, ...], deadline: float, route: Route | None, count: int = 1
+    ) -> Any:
+        """One call; failed attempts are retried with exponential backoff while the retry
+        can still finish before the item's deadline (``retries`` times at most)."""
+        if self.retries == 0:
+            return await self._attempt(args, route, count)
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number > self.retries:
+                return True
+            # Never past the deadline: the next attempt must start in time to finish.
+            upcoming = state.upcoming_sleep or 0.0
+            return _mono() + upcoming + self.expected_service_s() > deadline
+
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=wait_exponential(multiplier=0.01, min=0.005, max=1.0),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(args, route, count)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _attempt(self, args: tuple[Any, ...], route: Route | None, count: int = 1) -> Any:
+        rs = self.replicas
+        r = rs.acquire(route)
+        try:
+            if self.timeout_s is None:
+                return await self._invoke(r.instance, args)
+            try:
                 with anyio.fail_after(self.timeout_s):
-                    return await self._invoke(inst, args)
+                    return await self._invoke(r.instance, args)
             except TimeoutError as e:
-                if attempt < self.retries:
-                    attempt += 1
-                    continue
                 raise NodeError(
                     self.name, f"timed out after {self.timeout_s * 1000:.0f} ms", code="timeout"
                 ) from e
-            except Exception:
-                if attempt < self.retries:
-                    attempt += 1
-                    continue
-                raise
+        except Exception as e:
+            raise self._failed(r, e, count) from e
+        finally:
+            rs.release(r)
 
     async def _invoke(self, inst: Any, args: tuple[Any, ...]) -> Any:
         if self.spec.is_async:
@@ -182,7 +321,7 @@ class Stage:
         )
 
     def open_stream(self, inst: Any, args: tuple[Any, ...]) -> Any:
-        """Start a streaming map or stream node call: an async generator."""
+        """Start a stream node's per-session call: an async generator."""
         return inst(*args)
 
     # --- batching -------------------------------------------------------------------
@@ -209,58 +348,64 @@ class Stage:
                 tg.start_soon(self._run_batch, batch)
 
     async def _run_batch(self, batch: list[BatchItem]) -> None:
-        slot = self.replicas.acquire()
+        m = self.metrics
         try:
-            inst = self.replicas.instances[slot]
-            start = time.monotonic()
+            start = _mono()
             for it in batch:
-                self.metrics.queue_wait.observe(start - it.enqueued)
+                m.queue_wait.observe(start - it.enqueued)
+            payloads = [it.payload for it in batch]
+            # A failed batch counts no error by itself: its items are failed (and counted)
+            # one by one, or served alone so that only the bad ones fail.
             try:
-                results = await self.call(inst, ([it.payload for it in batch],))
+                results = await self._call_with_retries((payloads,), batch[0].deadline, None, count=0)
                 if not isinstance(results, list | tuple) or len(results) != len(batch):
                     got = len(results) if isinstance(results, list | tuple) else type(results).__name__
                     raise NodeError(self.name, f"returned {got} results for a batch of {len(batch)}")
             except Exception as e:
-                err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
+                err = e if isinstance(e, NodeError) else self._failed(None, e, 0)
                 self.log.warning("batch_failed", size=len(batch), error=str(err))
-                if len(batch) == 1:
-                    fail_future(batch[0].future, err)
+                if len(batch) == 1 or err.code in ("replica_lost", "no_replica"):
+                    self._failed(None, err, len(batch))
+                    for it in batch:
+                        fail_future(it.future, err)
                     return
                 # One bad item must not fail the sessions batched with it: run each alone.
-                await self._isolate(inst, batch)
+                await self._isolate(batch)
                 return
-            end = time.monotonic()
+            end = _mono()
             self.cost.observe(len(batch), end - start)
-            self.metrics.service.observe(end - start)
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.items += len(batch)
-            self.metrics.consecutive_errors = 0
+            m.service.observe(end - start)
+            m.batch_size.observe(len(batch))
+            m.items += len(batch)
+            m.consecutive_errors = 0
             for it, r in zip(batch, results, strict=True):
                 if end > it.deadline:
-                    self.metrics.late += 1
+                    m.late += 1
                 if not it.future.done():
                     it.future.set_result(r)
         finally:
-            self.replicas.release(slot)
             self.batcher.batch_done()  # type: ignore[union-attr]
             self.limiter.release()
 
-    async def _isolate(self, inst: Any, batch: list[BatchItem]) -> None:
+    async def _isolate(self, batch: list[BatchItem]) -> None:
         """After a failed batch, serve its items one by one so only the bad ones fail."""
         for it in batch:
             if it.future.done():
                 continue
             try:
-                res = await self.call(inst, ([it.payload],))
+                res = await self._attempt(([it.payload],), None)
                 if not isinstance(res, list | tuple) or len(res) != 1:
-                    raise NodeError(self.name, f"returned {res!r:.60} for a batch of 1")
+                    raise self.failed(NodeError(self.name, f"returned {res!r:.60} for a batch of 1"))
             except Exception as e:
-                err = e if isinstance(e, NodeError) else NodeError(self.name, f"{type(e).__name__}: {e}")
-                fail_future(it.future, err)
+                fail_future(it.future, e if isinstance(e, NodeError) else self.failed(e))
                 continue
             self.metrics.items += 1
             if not it.future.done():
                 it.future.set_result(res[0])
+
+
+def _always() -> bool:
+    return True
 
 
 def make_stages(
@@ -269,13 +414,20 @@ def make_stages(
     stage_metrics: Callable[[str], StageMetrics],
     batch_policy: Policy = "deadline",
 ) -> tuple[list[Stage], list[ReplicaSet]]:
-    """One stage per graph node; one replica set per distinct implementation."""
+    """One stage per graph node; one replica set per distinct implementation.
+
+    A node's replicas come from its template's ``provider(spec)`` when it has one (a
+    remote or Ray stub), else from this process (``LocalProvider``)."""
     sets: dict[int, ReplicaSet] = {}
     stages = []
     for n in nodes:
         key = id(n.template) if n.template is not None else id(n.spec)
         rs = sets.get(key)
         if rs is None:
-            rs = sets[key] = ReplicaSet(n.spec, n.template)
+            make_provider = getattr(n.template, "provider", None)
+            provider = (
+                make_provider(n.spec) if make_provider is not None else LocalProvider(n.spec, n.template)
+            )
+            rs = sets[key] = ReplicaSet(n.spec, provider, router=make_router(n.spec.options.router))
         stages.append(Stage(chain_name, n, rs, stage_metrics(n.name), batch_policy))
     return stages, list(sets.values())

@@ -230,14 +230,6 @@ async def test_a_session_whose_receiver_is_gone_does_not_block_the_runtime() -> 
             assert [o.value for o in await drain(sess)] == ["X"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: runtime/engine.py Runtime.__aexit__ cancels only its own task group "
-    "(batchers) and closes the replicas; sessions it serves run in their callers' tasks "
-    "(chains.stream's in an ensure_future task) and go on against closed replicas. "
-    "Exit should cancel every live session (keep each Runtime.session task group's "
-    "cancel scope, cancel them, wait for them) before closing the replicas",
-    strict=True,
-)
 async def test_runtime_exit_ends_a_stream_its_caller_left_open() -> None:
     llm = StreamingFake(tokens=1000, delay=0.001)
 

@@ -20,11 +20,10 @@ from typing import Any
 import msgspec
 
 from chains.messages import AudioFrame, Control, EndOfTurn, ErrorEvent, Interrupt, Text, TextDelta
+from chains.outputs import ERROR, EVENTS
 from transport.audio import Resampler
 from transport.protocol import Error, Event, Metrics, OutputMsg, TextOut, Transcript
 
-ERROR = "error"
-EVENTS = "events"
 TRANSCRIPT = "transcript"
 
 Outgoing = bytes | msgspec.Struct

@@ -1,0 +1,40 @@
+"""What a session produces: ``Output(name, value, origin, epoch)``.
+
+Besides the chain's own named outputs a session has two reserved ones, named here
+once: ``ERROR`` (an ``ErrorEvent``: an item failed or was shed; the session goes on)
+and ``EVENTS`` (control events: ``Interrupt``, ``EndOfTurn``, ...). A chain may not
+name an output after either (the compiler refuses it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+ERROR = "error"
+EVENTS = "events"
+RESERVED = frozenset((ERROR, EVENTS))
+
+
+class Output(NamedTuple):
+    """One item a session produced: which output, the value, and its provenance."""
+
+    name: str
+    value: Any
+    origin: float  # time.monotonic() when the input that caused it arrived
+    epoch: int  # the turn it belongs to
+
+    @property
+    def is_error(self) -> bool:
+        return self.name == ERROR
+
+    @property
+    def is_event(self) -> bool:
+        return self.name == EVENTS
+
+    @property
+    def is_data(self) -> bool:
+        """One of the chain's own outputs (neither an error nor a control event)."""
+        return self.name not in RESERVED
+
+
+__all__ = ["ERROR", "EVENTS", "RESERVED", "Output"]
