@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from chains.errors import ChainsError
 
@@ -20,6 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chains", description="Run streaming compound-AI chains.")
     p.add_argument("--log-json", action="store_true", help="log JSON lines (or CHAINS_LOG_JSON=1)")
     p.add_argument("--log-level", default=None, help="warning (default), info, debug")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="`run --input`: show the model engines' logs on stderr instead of in the log file",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="serve a chain, or run one session from a file")
@@ -100,6 +107,18 @@ def _verify(chain: object, target: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.input is not None and not args.verbose:
+        from chains.enginelogs import engine_logs_to
+
+        # One session from a file: the user reads the transcript, the reply and the
+        # figures; the engines' logs (vLLM, torch, ...) go to a file, -v shows them.
+        with engine_logs_to() as console:
+            print(f"engine logs: {console.log_path} (-v shows them here)", file=console.out)
+            return _run(args, console.out, console.err)
+    return _run(args, sys.stdout, sys.stderr)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from chains.loader import load_chain
 
     chain = load_chain(args.target)
@@ -108,7 +127,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.input is not None:
         from chains.filemode import run_file
 
-        return asyncio.run(run_file(chain, args.input, args.output))
+        return asyncio.run(run_file(chain, args.input, args.output, out=out, err=err))
     from transport.server import serve_forever
 
     remotes = {}

@@ -95,7 +95,15 @@ def describe(value: Any) -> str:
         return repr(value)
 
 
-async def run_file(chain: Chain, input_path: Path, output_path: Path | None, out: Any = sys.stdout) -> int:
+async def run_file(
+    chain: Chain,
+    input_path: Path,
+    output_path: Path | None,
+    out: Any = sys.stdout,
+    err: Any = None,
+) -> int:
+    """Run one session on ``input_path``; the user's lines go to ``out``, node errors
+    to ``err`` (stderr by default). Exit status 1 when any item failed."""
     from runtime.engine import Runtime
 
     value = read_input(chain, input_path)
@@ -110,7 +118,7 @@ async def run_file(chain: Chain, input_path: Path, output_path: Path | None, out
             if o.name == "error":
                 ev: ErrorEvent = o.value
                 failures += 1
-                print(f"\nerror in node {ev.node!r} ({ev.code}): {ev.message}", file=sys.stderr)
+                print(f"\nerror in node {ev.node!r} ({ev.code}): {ev.message}", file=err or sys.stderr)
                 continue
             if o.name == "events":
                 continue

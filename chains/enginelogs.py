@@ -1,0 +1,120 @@
+"""Keep the model engines' chatter out of ``chains run``'s console output.
+
+Why at the file-descriptor level: vLLM, torch, transformers, ctranslate2 and
+onnxruntime log through Python ``logging``, ``warnings``, tqdm, C++ ``std::cerr`` and,
+for vLLM, worker processes that inherit the parent's stdout and stderr. Redirecting
+``sys.stdout``/``sys.stderr`` catches only the first few; pointing fds 1 and 2 at the
+log file catches all of them, including what child processes write. The lines that
+are ours (the transcript, the reply, the stage table, the one-line errors) go to
+duplicates of the original terminal fds, which the redirect does not touch.
+
+``-v`` on the command line skips all this and the engines log to stderr as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from chains.home import chains_home
+
+# Set before any engine is imported (the engines read them at import time); a value
+# the user exported wins.
+QUIET_ENV = {
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "warning",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TQDM_DISABLE": "1",  # progress bars (weights loading, tokenizers)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # its fork warning
+    "ORT_LOGGING_LEVEL": "3",  # onnxruntime: errors only
+}
+
+
+def default_log_path() -> Path:
+    """``$CHAINS_HOME/logs/run.log`` (rewritten by each run)."""
+    return chains_home() / "logs" / "run.log"
+
+
+@dataclass
+class Console:
+    """The terminal, as it was before the redirect: write the user's lines here."""
+
+    out: TextIO
+    err: TextIO
+    log_path: Path | None = None
+
+
+@contextlib.contextmanager
+def engine_logs_to(path: Path | None = None) -> Iterator[Console]:
+    """Send everything written to fds 1 and 2 (and Python warnings and logging at
+    WARNING and above) to ``path`` while the block runs; yield the terminal streams.
+
+    On exit the fds are restored, so a one-line error printed afterwards reaches the
+    terminal. Child processes started inside the block keep writing to the log.
+    """
+    path = path or default_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    log = open(path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in finally
+    log.write(f"# chains run: {' '.join(sys.argv)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}  # restored on exit
+    out, own_out = _terminal(sys.stdout, 1)
+    err, own_err = _terminal(sys.stderr, 2)
+    console = Console(out=out, err=err, log_path=path)
+    root = logging.getLogger()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(old_level or logging.WARNING, logging.WARNING))
+    logging.captureWarnings(True)
+    try:
+        for fd in (1, 2):
+            os.dup2(log.fileno(), fd)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each distinct warning once, into the log
+            yield console
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for fd, dup in saved.items():
+            os.dup2(dup, fd)
+            os.close(dup)
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        for stream, own in ((out, own_out), (err, own_err)):
+            if own:
+                stream.close()
+            else:
+                stream.flush()
+        log.close()
+
+
+def _terminal(stream: TextIO, fd: int) -> tuple[TextIO, bool]:
+    """A stream to the terminal that survives the redirect of ``fd``: a duplicate of
+    the fd when ``stream`` writes to it, else ``stream`` itself (a test runner's or an
+    embedding application's capture object, which the redirect does not reach)."""
+    try:
+        if stream.fileno() == fd:
+            return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8"), True
+    except (AttributeError, OSError, ValueError):  # no fd behind it
+        pass
+    return stream, False
+
+
+__all__ = ["QUIET_ENV", "Console", "default_log_path", "engine_logs_to"]
