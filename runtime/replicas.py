@@ -160,6 +160,11 @@ class ReplicaSet:
     def release(self, r: Replica) -> None:
         r.inflight -= 1
         r.served += 1
+        if r.state != "ready":
+            self.released_unready(r)
+
+    def released_unready(self, r: Replica) -> None:
+        """A call ended on a replica that is leaving: the last one lets it stop."""
         if r.state == "draining" and r.inflight == 0:
             self._wake.set()
 

@@ -97,6 +97,9 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
     m = stage.metrics
     node_budget = stage.budget_s
     sid = sess.id
+    ready = stage.replicas.ready
+    serve = stage.serve
+    live = _Live(sess, sess.epoch)  # one per turn, not one per item
     # The hot path of every pass-through hop: next_live's receive and the epoch check
     # are inlined here on purpose (a call per item shows in benchmarks/overhead.py).
     while True:
@@ -122,15 +125,31 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
         if streaming:
             await stream_call(sess, stage, args, env, senders, deadline)
             continue
+        if live.epoch != env.epoch:
+            live = _Live(sess, env.epoch)
+        if len(ready) > 1 or ready is not stage.replicas.ready:
+            ready = stage.replicas.ready
         try:
-            result = await stage.serve(args, deadline, stage.route(sid, args), _Live(sess, env.epoch))
+            result = await serve(args, deadline, stage.route(sid, args) if len(ready) > 1 else None, live)
         except StaleItem:
             continue
         except Exception as e:
             await sess.fail(stage, e)
             continue
-        if result is not None:
-            await emit(sess, result, env, senders)
+        if result is None:
+            continue  # a map returning None filters the item out
+        if isinstance(result, Control):
+            await sess.control(result, env)
+            continue
+        # emit(), inlined: the hot path
+        out = Envelope(result, env.seq, env.origin, env.deadline, env.epoch)
+        for tx in senders:
+            try:
+                tx.send_nowait(out)
+            except WouldBlock:
+                await fan_out((tx,), out)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
 
 
 async def stream_call(

@@ -144,7 +144,9 @@ class Stage:
         m = self.metrics
         lim = self.limiter
         t0 = _mono()
-        if not lim.try_acquire():
+        if lim.in_use < lim.capacity and not lim._waiters:  # try_acquire, inlined: the hot path
+            lim.in_use += 1
+        else:
             m.queued += 1
             try:
                 await lim.acquire(deadline)
@@ -166,13 +168,21 @@ class Stage:
         try:
             if self.fast:
                 rs = self.replicas
-                r = rs.acquire(route)
+                ready = rs.ready
+                if len(ready) == 1:  # ReplicaSet.acquire, inlined for the common case
+                    r = ready[0]
+                    r.inflight += 1
+                else:
+                    r = rs.acquire(route)
                 try:
                     result = await r.instance(*args)
                 except Exception as e:
                     raise self._failed(r, e) from e
                 finally:
-                    rs.release(r)
+                    r.inflight -= 1  # ReplicaSet.release, inlined for a ready replica
+                    r.served += 1
+                    if r.state != "ready":
+                        rs.released_unready(r)
             else:
                 result = await self._call_with_retries(args, deadline, route)
         finally:
