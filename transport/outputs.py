@@ -10,6 +10,16 @@ A turn is the group of outputs caused by one input (they share its origin time).
 It ends when the chain says so (``EndOfTurn``), when a new transcript arrives after
 the previous turn's reply, at an interrupt, or at the end of the session; then
 one ``metrics`` message summarises it.
+
+Voice turns get a latency breakdown. An interim transcript (a non-final
+``TextDelta`` on ``transcript``) goes out with ``final: false`` and neither opens
+nor closes a turn. A control event with a ``silence_ms`` field (the VAD's
+``TurnTiming`` mark, nodes/turn.py) dates the end of the user's speech that long
+before it, and decides the end of the turn when its ``end_of_turn`` is true; a
+``ConfirmTurn`` decides it for a speculative turn (counted as a hit), and an
+``Interrupt`` with reason ``speculation_abandoned`` counts a miss (its turn never
+had outputs: nothing to close). These marks are gathered until the next turn opens
+and go into its ``metrics``.
 """
 
 from __future__ import annotations
@@ -19,7 +29,16 @@ from typing import Any
 
 import msgspec
 
-from chains.messages import AudioFrame, Control, EndOfTurn, ErrorEvent, Interrupt, Text, TextDelta
+from chains.messages import (
+    AudioFrame,
+    ConfirmTurn,
+    Control,
+    EndOfTurn,
+    ErrorEvent,
+    Interrupt,
+    Text,
+    TextDelta,
+)
 from chains.outputs import ERROR, EVENTS
 from transport.audio import Resampler
 from transport.protocol import Error, Event, Metrics, OutputMsg, TextOut, Transcript
@@ -27,6 +46,7 @@ from transport.protocol import Error, Event, Metrics, OutputMsg, TextOut, Transc
 TRANSCRIPT = "transcript"
 
 Outgoing = bytes | msgspec.Struct
+ABANDONED = "speculation_abandoned"  # an Interrupt's reason when a speculative turn is dropped
 
 
 def event_name(ev: Any) -> str:
@@ -34,10 +54,21 @@ def event_name(ev: Any) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(ev).__name__).lower()
 
 
-class _Turn:
-    __slots__ = ("audio_ms", "epoch", "first", "last", "n", "origin", "seen_reply")
+class _Marks:
+    """Voice timing of one user turn, gathered from events before its outputs."""
 
-    def __init__(self, origin: float, epoch: int):
+    __slots__ = ("end_of_turn", "hits", "interim", "misses", "speech_end")
+
+    def __init__(self) -> None:
+        self.speech_end: float | None = None
+        self.end_of_turn: float | None = None
+        self.hits = self.misses = self.interim = 0
+
+
+class _Turn:
+    __slots__ = ("audio_ms", "epoch", "first", "last", "marks", "n", "origin", "seen_reply")
+
+    def __init__(self, origin: float, epoch: int, marks: _Marks):
         self.origin = origin
         self.epoch = epoch
         self.first: dict[str, float] = {}
@@ -45,6 +76,7 @@ class _Turn:
         self.n = 0
         self.audio_ms = 0.0
         self.seen_reply = False
+        self.marks = marks
 
 
 class OutputMapper:
@@ -54,6 +86,7 @@ class OutputMapper:
         self.out_rate = out_rate
         self._resamplers: dict[str, Resampler] = {}
         self._turn: _Turn | None = None
+        self._marks = _Marks()  # for the next turn
         self.turns = 0
 
     # --- outputs ----------------------------------------------------------------------
@@ -63,7 +96,10 @@ class OutputMapper:
                 return [Error(code=value.code, message=value.message, node=value.node)]
             return [Error(code="node_error", message=str(value))]
         if name == EVENTS:
-            return self._event(value, now)
+            return self._event(value, epoch, now)
+        if name == TRANSCRIPT and isinstance(value, TextDelta) and not value.final:
+            self._marks.interim += 1  # an interim transcript: shown, not a turn's output
+            return [Transcript(text=value.text, final=False)]
         msgs: list[Outgoing] = []
         turn = self._turn
         if turn is not None and (
@@ -72,12 +108,13 @@ class OutputMapper:
             msgs.extend(self.close_turn(now))
             turn = None
         if turn is None:
-            turn = self._turn = _Turn(origin, epoch)
+            turn = self._turn = _Turn(origin, epoch, self._marks)
+            self._marks = _Marks()
         turn.n += 1
         turn.last = now
         if isinstance(value, AudioFrame):
             pcm = self._audio(name, value)
-            turn.audio_ms += 1000.0 * (len(pcm) // 2) / self.out_rate
+            turn.audio_ms += value.duration_ms  # (the resampler may hold some back for now)
             self._first(turn, "audio", now)
             turn.seen_reply = True
             if pcm:
@@ -109,12 +146,26 @@ class OutputMapper:
             r = self._resamplers[name] = Resampler(frame.sample_rate, self.out_rate)
         return r.process(frame.pcm)
 
-    def _event(self, ev: Any, now: float) -> list[Outgoing]:
+    def _event(self, ev: Any, epoch: int, now: float) -> list[Outgoing]:
         if not isinstance(ev, Control):
             return [OutputMsg(name=EVENTS, data=_jsonable(ev))]
         data = msgspec.to_builtins(ev) if ev.__struct_fields__ else None
         msgs: list[Outgoing] = [Event(event=event_name(ev), data=data)]
-        if isinstance(ev, Interrupt):
+        silence = getattr(ev, "silence_ms", None)
+        if isinstance(silence, int | float):
+            self._marks.speech_end = now - silence / 1000.0
+            if getattr(ev, "end_of_turn", False):
+                self._marks.end_of_turn = now
+        elif isinstance(ev, ConfirmTurn):
+            # its held outputs went out just before it: they opened the turn it confirms
+            turn = self._turn
+            marks = turn.marks if turn is not None and turn.epoch == epoch else self._marks
+            marks.hits += 1
+            if marks.end_of_turn is None:
+                marks.end_of_turn = now
+        elif isinstance(ev, Interrupt) and ev.reason == ABANDONED:
+            self._marks.misses += 1  # the abandoned turn never had outputs
+        elif isinstance(ev, Interrupt):
             msgs.extend(self.close_turn(now, interrupted=True))
         elif isinstance(ev, EndOfTurn):
             msgs.extend(self.close_turn(now))
@@ -137,6 +188,16 @@ class OutputMapper:
         def ms(t: float | None) -> float | None:
             return None if t is None else round(1000.0 * (t - turn.origin), 2)
 
+        m = turn.marks
+        breakdown = None
+        if m.speech_end is not None:
+            at = {
+                "end_of_turn": m.end_of_turn,
+                "transcript": turn.first.get("transcript"),
+                "first_token": turn.first.get("text"),
+                "first_audio": turn.first.get("audio"),
+            }
+            breakdown = {k: round(1000.0 * (t - m.speech_end), 1) for k, t in at.items() if t is not None}
         return [
             Metrics(
                 turn=self.turns,
@@ -147,6 +208,10 @@ class OutputMapper:
                 audio_ms=round(turn.audio_ms, 1),
                 outputs=turn.n,
                 interrupted=interrupted,
+                breakdown=breakdown,
+                speculative_hits=m.hits,
+                speculative_misses=m.misses,
+                interim_transcripts=m.interim,
             )
         ]
 
@@ -159,4 +224,4 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-__all__ = ["ERROR", "EVENTS", "TRANSCRIPT", "OutputMapper", "event_name"]
+__all__ = ["ABANDONED", "ERROR", "EVENTS", "TRANSCRIPT", "OutputMapper", "event_name"]

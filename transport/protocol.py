@@ -61,6 +61,9 @@ class Ready(msgspec.Struct, tag="ready", tag_field="type", frozen=True, kw_only=
 
 
 class Transcript(msgspec.Struct, tag="transcript", tag_field="type", frozen=True, kw_only=True):
+    """What the user said: ``final`` false for an interim transcript of speech still
+    going on (each replaces the previous one), true for the transcript of a turn."""
+
     text: str
     final: bool = True
 
@@ -74,7 +77,15 @@ class TextOut(msgspec.Struct, tag="text", tag_field="type", frozen=True, kw_only
 
 
 class Metrics(msgspec.Struct, tag="metrics", tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
-    """Per-turn latency figures, in ms from the input that started the turn's outputs."""
+    """Per-turn latency figures, in ms from the input that started the turn's outputs.
+
+    For a voice chain whose VAD marks the end of the user's speech (``TurnTiming``),
+    ``breakdown`` gives ms after that end of speech: ``end_of_turn`` (when the turn
+    was decided or its speculation confirmed), ``transcript``, ``first_token`` (the
+    first reply text) and ``first_audio``. ``speculative_hits`` is 1 when the turn was
+    a confirmed speculative turn, ``speculative_misses`` counts the speculative turns
+    abandoned while the user spoke it (the user went on after a pause), and
+    ``interim_transcripts`` the interim transcripts sent while they spoke."""
 
     turn: int
     first_transcript_ms: float | None = None
@@ -84,6 +95,10 @@ class Metrics(msgspec.Struct, tag="metrics", tag_field="type", frozen=True, kw_o
     audio_ms: float = 0.0
     outputs: int = 0
     interrupted: bool = False
+    breakdown: dict[str, float] | None = None
+    speculative_hits: int = 0
+    speculative_misses: int = 0
+    interim_transcripts: int = 0
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type", frozen=True, kw_only=True, omit_defaults=True):

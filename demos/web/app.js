@@ -2,7 +2,8 @@
 //
 // Protocol (see transport/protocol.py): we send {"type": "start", "sample_rate": R}
 // then binary PCM16LE mono frames at R Hz (resampled by worklet.js); the server
-// answers "ready" (with the rate of its reply audio), "transcript", "text",
+// answers "ready" (with the rate of its reply audio), "transcript" (interim ones with
+// final: false while you speak), "text",
 // binary reply audio, "metrics" per turn, "event", "error" and "done".
 // Talking over the reply interrupts it: locally (mic level while audio plays) and
 // when the server's VAD says speech started.
@@ -27,6 +28,7 @@ const state = {
   session: null,
   outRate: RATE,
   transcripts: [],
+  interim: [],
   replies: [],
   metrics: [],
   errors: [],
@@ -46,6 +48,7 @@ let loudFrames = 0;
 let lastLoud = 0; // performance.now() of the last loud mic frame
 let turnFirstAudio = true;
 let currentReply = null;
+let interimLine = null; // the <p> showing the interim transcript of the turn being spoken
 
 function setStatus(s) {
   state.status = s;
@@ -112,11 +115,21 @@ function onText(msg) {
       startMic().catch((e) => fail(`microphone: ${e.message || e}`));
       break;
     case "transcript": {
-      if (!msg.final) break;
+      // interim transcripts (final: false) replace each other in one grey line,
+      // which the final transcript of the turn then takes over
+      if (interimLine === null) {
+        interimLine = document.createElement("p");
+        $("transcript").append(interimLine);
+      }
+      interimLine.textContent = msg.text;
+      if (!msg.final) {
+        state.interim.push(msg.text);
+        interimLine.className = "interim";
+        break;
+      }
+      interimLine.className = "";
+      interimLine = null;
       state.transcripts.push(msg.text);
-      const p = document.createElement("p");
-      p.textContent = msg.text;
-      $("transcript").append(p);
       currentReply = null;
       turnFirstAudio = true;
       break;
@@ -158,9 +171,14 @@ function fmt(v) {
   return v === undefined || v === null ? "–" : `${Math.round(v)}`;
 }
 
+// One row per turn: the latency breakdown in ms after the end of your speech (as the
+// server's VAD dated it), then speculative turns confirmed/abandoned, interim
+// transcripts, and whether the reply was interrupted.
 function addMetrics(m) {
   const tr = document.createElement("tr");
-  const cells = [m.turn, fmt(m.first_transcript_ms), fmt(m.first_text_ms), fmt(m.first_audio_ms), fmt(m.last_output_ms)];
+  const b = m.breakdown || {};
+  const cells = [m.turn, fmt(b.end_of_turn), fmt(b.transcript), fmt(b.first_token), fmt(b.first_audio)];
+  cells.push(`${m.speculative_hits || 0} / ${m.speculative_misses || 0}`, m.interim_transcripts || 0);
   cells.push(m.interrupted ? "yes" : "");
   for (const c of cells) {
     const td = document.createElement("td");
