@@ -16,23 +16,23 @@ async def call(chain: Any, *inputs: Any) -> Any:
     A single output comes back as its value (a list for a stream output), a
     tuple or dict of outputs as a tuple or dict. A failing node raises
     ``chains.NodeError``. Inside ``async with chains.running(chain)`` the call is a
-    session of that runtime (shared models and batches); otherwise a runtime is
-    started for this call alone.
+    session of that runtime; otherwise of the chain's default runtime, started on
+    first use and kept until the event loop ends (runtime/default.py). Either way
+    concurrent calls share the models and batch together.
     """
-    from runtime.engine import Runtime, active_runtime
+    from runtime.default import default_runtime
+    from runtime.engine import active_runtime
 
-    rt = active_runtime(chain)
-    if rt is not None:
-        return await rt.call(*inputs)
-    async with Runtime(chain) as rt:
-        return await rt.call(*inputs)
+    rt = active_runtime(chain) or await default_runtime(chain)
+    return await rt.call(*inputs)
 
 
 def stream(chain: Any, *inputs: Any) -> AsyncIterator[Output]:
     """Outputs of one session as they are produced: ``Output(name, value, origin, epoch)``.
 
     Errors arrive as outputs named ``"error"`` carrying an ``ErrorEvent``; the
-    session goes on. An input may be an async iterable (e.g. audio frames).
+    session goes on. An input may be an async iterable (e.g. audio frames). Outside
+    ``chains.running(chain)`` the session runs on the chain's default runtime.
     """
     from runtime.engine import stream_outputs
 

@@ -112,6 +112,8 @@ class Runtime:
             stack.push_async_callback(self._close_replicas)
             t0 = time.monotonic()
             for rs in self._replica_sets:
+                if hasattr(rs.provider, "run"):  # a provider that owns tasks (remote links) runs them here
+                    await self._tg.start(rs.provider.run, name=f"provider:{rs.name}")
                 await rs.start()
             self.log.info("started", nodes=len(self.stages), load_s=round(time.monotonic() - t0, 3))
             for rs in self._replica_sets:
@@ -325,11 +327,11 @@ async def stream_outputs(
 
     async def run() -> None:
         rt = runtime or active_runtime(chain)
-        if rt is not None:
-            await rt.pump(inputs, tx)
-            return
-        async with Runtime(chain) as rt:
-            await rt.pump(inputs, tx)
+        if rt is None:
+            from runtime.default import default_runtime  # it builds on this module
+
+            rt = await default_runtime(chain)
+        await rt.pump(inputs, tx)
 
     task = asyncio.ensure_future(run())
     try:

@@ -110,8 +110,8 @@ class StageMetrics:
     @property
     def healthy(self) -> bool:
         """False once the node has failed this many items in a row (a broken model), or
-        while it has lost replicas and none is ready."""
-        if self.replicas_lost and not self.replicas_ready:
+        while no replica is ready (all lost, or loading again)."""
+        if not self.replicas_ready and (self.replicas_lost or self.replicas_loading):
             return False
         return self.consecutive_errors < self.UNHEALTHY_AFTER
 

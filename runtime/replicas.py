@@ -199,7 +199,7 @@ class ReplicaSet:
         c = self.counts()
         return NoReplica(
             self.name,
-            f"no replica is ready ({c['loading']} loading, {c['lost']} lost and being rebuilt)",
+            f"no replica is ready ({c['loading']} loading or being rebuilt, {c['lost']} lost)",
         )
 
     # --- lifecycle ------------------------------------------------------------------------

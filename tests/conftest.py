@@ -86,6 +86,9 @@ async def no_leaks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     own = set(asyncio.all_tasks())  # the runner task that runs this test
     threads_before = set(threading.enumerate())
     yield
+    from runtime.default import close_default_runtimes
+
+    await close_default_runtimes()  # chains.call's runtimes are the test's to close
     tasks: list[asyncio.Task[Any]] = []
     threads: list[threading.Thread] = []
     for i in range(SETTLE_ITERATIONS):

@@ -115,18 +115,24 @@ async def test_cancelling_the_caller_cancels_everything_it_started() -> None:
         assert rt.metrics.sessions_active == 0
 
 
-async def test_cancelling_a_call_without_a_runtime_closes_the_runtime_it_started() -> None:
-    model = ModelFake(delay_of=lambda x: 10.0)
+async def test_cancelling_a_call_without_a_runtime_ends_its_session_and_keeps_the_default_runtime() -> None:
+    model = ModelFake(delay_of=lambda x: 10.0 if x == "slow" else 0.0)
 
     @chains.chain
     def c(x: str):
         return model.cls()(x)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(chains.call, c, "x")
+        tg.start_soon(chains.call, c, "slow")
         await wait_until(lambda: sum(model.served.values()) == 1)
         tg.cancel_scope.cancel()
-    assert model.count("init") == model.count("close") == 1
+    # The call's session is gone; the model stays loaded for the next call, once.
+    assert await chains.call(c, "fast") is not None
+    assert model.count("init") == 1 and model.count("close") == 0
+    from runtime.default import close_default_runtimes
+
+    await close_default_runtimes()
+    assert model.count("close") == 1
 
 
 async def test_a_sync_call_in_a_thread_is_awaited_not_abandoned() -> None:
