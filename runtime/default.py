@@ -58,7 +58,8 @@ class _Host:
         try:
             await self._ready.wait()
             assert self._tg is not None
-            rt = await self._tg.start(self._serve, chain, name=f"chains:default:{getattr(chain, 'name', chain)}")
+            name = f"chains:default:{getattr(chain, 'name', chain)}"
+            rt = await self._tg.start(self._serve, chain, name=name)
             self.runtimes[key] = rt
             fut.set_result(rt)
             return rt

@@ -21,6 +21,7 @@ from chains.errors import ChainError, NodeError, Overloaded
 from chains.messages import ErrorEvent
 from chains.outputs import ERROR, EVENTS, Output
 from chains.spec import checkable
+from runtime.autoscale import Autoscaler
 from runtime.batcher import Policy
 from runtime.envelope import Envelope  # noqa: F401  (re-exported for transports)
 from runtime.logs import get_logger
@@ -98,6 +99,7 @@ class Runtime:
         ]
         self.budget_s = chain.budget_ms / 1000.0 if getattr(chain, "budget_ms", None) else None
         self.sessions: dict[str, Session] = {}
+        self.autoscalers: dict[str, Autoscaler] = {}  # by node, for autoscaled nodes
         self.log = get_logger(chain=graph.name)
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: Any = None
@@ -118,6 +120,10 @@ class Runtime:
             self.log.info("started", nodes=len(self.stages), load_s=round(time.monotonic() - t0, 3))
             for rs in self._replica_sets:
                 self._tg.start_soon(rs.run, name=f"replicas:{rs.name}")
+                if rs.spec.options.autoscaled:
+                    scaler = Autoscaler(rs, [st for st in self.stages if st.replicas is rs])
+                    self.autoscalers[rs.name] = scaler
+                    self._tg.start_soon(scaler.run, name=f"autoscaler:{rs.name}")
             for st in self.stages:
                 if st.batcher is not None:
                     self._tg.start_soon(st.run_batcher, name=f"batcher:{st.name}")

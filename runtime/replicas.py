@@ -132,7 +132,8 @@ class ReplicaSet:
         self.name = spec.name
         self.provider = provider
         self.router: Router = router or LeastBusy()
-        self.target = count if count is not None else spec.options.replicas
+        opts = spec.options
+        self.target = count if count is not None else max(opts.replicas, opts.min_replicas or 1)
         self.max_restarts = spec.options.max_restarts if max_restarts is None else max_restarts
         self.backoff_s = backoff_s
         self.replicas: list[Replica] = []

@@ -4,6 +4,7 @@ back; the default runtime of ``chains.call``; and the defects a new user met."""
 
 from __future__ import annotations
 
+import itertools
 import typing
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,7 +93,7 @@ async def test_retries_back_off_and_never_run_past_the_deadline() -> None:
         assert "down" in str(err.value)
         # 50 retries allowed, but a 60 ms budget fits only a few 10 ms attempts with backoff
         assert 2 <= len(attempts) < 8
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert all(g >= 0.01 for g in gaps)  # each retry waited (its call + a backoff)
         assert rt.stages[0].metrics.errors >= 1
 
@@ -377,3 +378,16 @@ async def test_concurrent_calls_without_a_runtime_share_one_loaded_model_and_bat
     assert len(loads) == 1
     assert max(batches) > 1 and len(batches) < 100
     await close_default_runtimes()
+
+
+async def test_an_autoscaled_node_starts_at_its_minimum_under_its_autoscaler() -> None:
+    model = ModelFake("auto", min_replicas=2, max_replicas=4)
+
+    @chains.chain
+    def c(x: str):
+        return model.cls()(x)
+
+    async with chains.running(c) as rt:
+        assert set(rt.autoscalers) == {"auto"}
+        assert len(rt.stages[0].replicas.ready) == 2
+        assert (await rt.call("x")).startswith("x@")
