@@ -9,6 +9,7 @@ from chains.api import call, running, stream
 from chains.builtins import merge, zip
 from chains.context import NodeContext, context
 from chains.errors import (
+    AudioError,
     ChainError,
     ChainsError,
     DefinitionError,
@@ -64,6 +65,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AudioError",
     "AudioFrame",
     "Batch",
     "Chain",

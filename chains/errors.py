@@ -67,5 +67,10 @@ class ModelError(ChainsError):
     """A model cannot be found, prepared or loaded."""
 
 
+class AudioError(ChainsError, ValueError):
+    """Audio that cannot be used (not a WAV file, an odd PCM16 byte count, an impossible
+    sample rate); the message names the file or stream and the problem."""
+
+
 class LockError(ChainsError):
     """chains.lock is malformed or does not match what is installed."""

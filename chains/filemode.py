@@ -11,45 +11,15 @@ from __future__ import annotations
 
 import sys
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from chains.audio import read_wav_frames, write_wav_frames
 from chains.errors import ChainError
 from chains.messages import AudioFrame, Embedding, Entities, ErrorEvent, Text, TextDelta, Utterance
 from chains.node import Chain
-
-FRAME_MS = 20
-
-
-def read_wav_frames(path: Path) -> list[AudioFrame]:
-    try:
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2 or w.getnchannels() != 1:
-                raise ChainError(
-                    f"{path}: need PCM16 mono audio, got {w.getnchannels()} channel(s) of "
-                    f"{8 * w.getsampwidth()}-bit samples"
-                )
-            rate = w.getframerate()
-            pcm = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as e:
-        raise ChainError(f"{path}: not a readable wav file ({e})") from e
-    step = rate * FRAME_MS // 1000 * 2
-    return [AudioFrame(pcm=pcm[i : i + step], sample_rate=rate) for i in range(0, len(pcm), step)]
-
-
-def write_wav(path: Path, frames: list[AudioFrame]) -> float:
-    rate = frames[0].sample_rate if frames else 16000
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        for f in frames:
-            w.writeframes(f.pcm)
-    return sum(len(f.pcm) for f in frames) / 2 / rate
 
 
 def read_input(chain: Chain, path: Path) -> Any:
@@ -142,7 +112,7 @@ async def run_file(
         if output_path is None:
             print(f"(reply audio: {len(audio)} frames; pass --output reply.wav to keep it)", file=out)
         else:
-            secs = write_wav(output_path, audio)
+            secs = write_wav_frames(output_path, audio)
             print(f"wrote {output_path} ({secs:.1f} s of audio)", file=out)
     print_figures(snap, time.monotonic() - t_loaded, out)
     return 1 if failures else 0

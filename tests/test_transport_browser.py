@@ -18,8 +18,8 @@ import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from chains.audio import silence, tone, write_wav
 from tests.transport_fixtures import FAKE, voice
-from transport.audio import silence, tone, write_wav
 from transport.server import serve
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

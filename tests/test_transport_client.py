@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from chains import AudioFrame
+from chains.audio import read_wav, write_wav
 from tests.test_transport_server import CHAINS
 from tests.transport_fixtures import FAKE, RATE, speech_pcm
-from transport.audio import read_wav, write_wav
 from transport.client import Client, ClientError, run_client
 from transport.protocol import Metrics, TextOut
 from transport.server import serve

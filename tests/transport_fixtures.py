@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 import chains
 from chains import AudioFrame, SpeechStarted, Stream, Text, TextDelta, Utterance
-from transport.audio import peak, silence, split_frames, tone
+from chains.audio import peak, silence, split_frames, tone
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000

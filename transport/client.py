@@ -22,9 +22,9 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from chains.audio import FRAME_MS, read_wav, silence, split_frames, write_wav
 from chains.errors import ChainsError
 from chains.messages import AudioFrame
-from transport.audio import FRAME_MS, read_wav, silence, split_frames, write_wav
 from transport.protocol import (
     Done,
     End,

@@ -24,9 +24,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from chains.audio import PcmResampler, pcm_problem
 from chains.errors import Overloaded
 from chains.messages import AudioFrame, Text
-from transport.audio import Resampler, pcm_problem
 from transport.outputs import OutputMapper
 from transport.protocol import (
     CLOSE_GOING_AWAY,
@@ -278,6 +278,7 @@ class Connection:
                 buffered = transport.get_write_buffer_size()
                 if buffered > self.max_buffered:
                     self.max_buffered = buffered
+            await self._flush_audio(mapper)
             for msg in mapper.close_turn(mono()):
                 await self.send(msg)
             await self.send(Done())
@@ -287,10 +288,21 @@ class Connection:
         self.server.stats["done"] += 1
         self.stop(CLOSE_NORMAL, "done")
 
+    async def _flush_audio(self, mapper: OutputMapper) -> None:
+        """Send what the output resamplers still hold (the soxr filter's look-ahead, the
+        last few ms of the reply) at the end of the session.
+
+        Reaches into the mapper because ``OutputMapper`` has no flush of its own yet;
+        once it flushes at ``close_turn`` this goes."""
+        for r in getattr(mapper, "_resamplers", {}).values():
+            tail = r.flush()
+            if tail:
+                await self.send(tail)
+
     async def _reader(self, sess: Any, client_rate: int, in_rate: int, scope: anyio.CancelScope) -> None:
         graph = sess.graph
         audio_input = _audio_input(graph)
-        resampler = Resampler(client_rate, in_rate) if client_rate != in_rate else None
+        resampler = PcmResampler(client_rate, in_rate) if client_rate != in_rate else None
         limit = self.limits.max_message_bytes
         try:
             async for raw in self.ws:
@@ -321,6 +333,10 @@ class Connection:
                     for m in self._mapper.close_turn(time.monotonic(), interrupted=True):
                         await self.send(m)
                 elif isinstance(msg, End):
+                    if resampler is not None and audio_input is not None and not self._inputs_ended:
+                        tail = resampler.flush()  # the filter's look-ahead: the last few ms
+                        if tail and audio_input not in self._closed_inputs:
+                            await sess.send(AudioFrame(pcm=tail, sample_rate=in_rate), audio_input)
                     self._inputs_ended = True
                     sess.close_inputs()
                 elif isinstance(msg, Start):

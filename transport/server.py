@@ -32,11 +32,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
+from chains.audio import SAMPLE_RATES
 from chains.errors import ChainError
 from runtime.engine import Runtime
 from runtime.logs import get_logger
 from runtime.metrics import prometheus_text
-from transport.audio import SAMPLE_RATES
 from transport.connection import Connection
 from transport.http import PROMETHEUS, TEXT, is_websocket, response
 from transport.protocol import CLOSE_OVERLOADED, Error, encode
