@@ -13,10 +13,8 @@ the reason when it can still be delivered, then the close code.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import time
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import Any
 
 import anyio
 import msgspec
@@ -27,6 +25,7 @@ from websockets.protocol import State
 from chains.audio import PcmResampler, pcm_problem
 from chains.errors import Overloaded
 from chains.messages import AudioFrame, Text
+from transport.http import request_token, token_matches
 from transport.outputs import OutputMapper
 from transport.protocol import (
     CLOSE_GOING_AWAY,
@@ -46,16 +45,16 @@ from transport.protocol import (
     decode_client,
     encode,
 )
-
-if TYPE_CHECKING:
-    from transport.server import ChainServer
+from transport.settings import ConnectionSettings
 
 
 class Connection:
-    def __init__(self, server: ChainServer, ws: ServerConnection):
-        self.server = server
+    """One websocket, one session. It sees the server only through ``settings``."""
+
+    def __init__(self, settings: ConnectionSettings, ws: ServerConnection):
+        self.settings = settings
         self.ws = ws
-        self.limits = server.limits
+        self.limits = settings.limits
         self.session_id: str | None = None
         self.errors = 0
         now = time.monotonic()
@@ -80,7 +79,7 @@ class Connection:
             except ConnectionClosed:
                 pass
             except Exception as e:  # a bug in chains: log it, tell the client, close with 1011
-                self.server.log.error(
+                self.settings.log.error(
                     "connection_failed", session=self.session_id, error=repr(e), exc_info=True
                 )
                 self.internal_error(e)
@@ -126,7 +125,7 @@ class Connection:
     async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
         """Tell the client what was wrong; too many errors end the connection."""
         self.errors += 1
-        self.server.stats["errors"] += 1
+        self.settings.stats["errors"] += 1
         if self.errors > self.limits.max_errors:
             self.stop(CLOSE_POLICY, "too many protocol errors", Error(code=code, message=message))
             await anyio.sleep(0)  # let the cancellation land
@@ -138,18 +137,18 @@ class Connection:
         start = await self._await_start()
         if start is None:
             return
-        rt = self.server.runtime_for(start.chain)
+        rt = self.settings.runtime_for(start.chain)
         assert rt is not None
-        in_rate = self.server.input_sample_rate or start.sample_rate
-        out_rate = start.output_sample_rate or self.server.output_sample_rate or start.sample_rate
+        in_rate = self.settings.input_sample_rate or start.sample_rate
+        out_rate = start.output_sample_rate or self.settings.output_sample_rate or start.sample_rate
         meta = {"input_sample_rate": in_rate, "output_sample_rate": out_rate, "transport": "websocket"}
         try:
             async with rt.session(meta=meta) as sess:
                 self.session_id = sess.id
-                self.server.stats["sessions"] += 1
+                self.settings.stats["sessions"] += 1
                 await self._serve(sess, start, in_rate, out_rate)
         except Overloaded as e:
-            self.server.stats["overloaded"] += 1
+            self.settings.stats["overloaded"] += 1
             self.stop(CLOSE_OVERLOADED, "overloaded", Error(code="overloaded", message=str(e)))
 
     async def _await_start(self) -> Start | None:
@@ -173,7 +172,7 @@ class Connection:
                     await self.error("not_started", f"`{_type_of(msg)}` before `start`: send `start` first")
                     continue
                 if not self._authorized(msg):
-                    self.server.stats["unauthorized"] += 1
+                    self.settings.stats["unauthorized"] += 1
                     self.stop(
                         CLOSE_POLICY,
                         "unauthorized",
@@ -194,29 +193,13 @@ class Connection:
         return None
 
     def _authorized(self, start: Start) -> bool:
-        want = self.server.token
-        if want is None:
-            return True
-        given = start.token or self._handshake_token()
-        if given is None:
-            return False
-        return hmac.compare_digest(given.encode(), want.encode())
-
-    def _handshake_token(self) -> str | None:
-        req = self.ws.request
-        if req is None:
-            return None
-        auth = req.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        query = parse_qs(req.path.partition("?")[2])
-        vals = query.get("token")
-        return vals[0] if vals else None
+        """The token in ``start``, else the one the websocket handshake carried."""
+        return token_matches(start.token or request_token(self.ws.request), self.settings.token)
 
     def _start_problem(self, start: Start) -> tuple[str, str] | None:
         rates = self.limits.sample_rates
-        if self.server.runtime_for(start.chain) is None:
-            names = ", ".join(self.server.runtimes)
+        if self.settings.runtime_for(start.chain) is None:
+            names = ", ".join(self.settings.runtimes)
             return "unknown_chain", f"start: `$.chain`: no chain {start.chain!r}; this server has: {names}"
         for field, rate in (
             ("sample_rate", start.sample_rate),
@@ -234,7 +217,7 @@ class Connection:
         limit = self.limits.max_message_bytes
         size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
         if size > limit:
-            self.server.stats["too_big"] += 1
+            self.settings.stats["too_big"] += 1
             self.stop(
                 CLOSE_TOO_BIG,
                 "message too big",
@@ -285,7 +268,7 @@ class Connection:
         except ConnectionClosed:
             self.stop(CLOSE_NORMAL, "client went away")
             return
-        self.server.stats["done"] += 1
+        self.settings.stats["done"] += 1
         self.stop(CLOSE_NORMAL, "done")
 
     async def _flush_audio(self, mapper: OutputMapper) -> None:
@@ -385,11 +368,11 @@ class Connection:
             now = time.monotonic()
             if self._pending and now - max(self._pending_since, self.last_tx) > lim.stall_timeout_s:
                 self.stalled = True
-                self.server.stats["stalled"] += 1
+                self.settings.stats["stalled"] += 1
                 self.stop(CLOSE_POLICY, "client not reading")
                 return
             if not self._pending and now - max(self.last_rx, self.last_tx) > lim.idle_timeout_s:
-                self.server.stats["idle"] += 1
+                self.settings.stats["idle"] += 1
                 self.stop(
                     CLOSE_GOING_AWAY,
                     "idle",

@@ -15,52 +15,30 @@ time, time to ``start``, and how long a client may stop reading.
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
 import mimetypes
 import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
-from chains.audio import SAMPLE_RATES
 from chains.errors import ChainError
 from runtime.engine import Runtime
 from runtime.logs import get_logger
 from runtime.metrics import prometheus_text
 from transport.connection import Connection
-from transport.http import PROMETHEUS, TEXT, is_websocket, response
+from transport.http import TEXT, http_endpoints, response
 from transport.protocol import CLOSE_OVERLOADED, Error, encode
+from transport.settings import ConnectionSettings, Limits
 
 WEB_ROOT = Path(__file__).resolve().parents[1] / "demos" / "web"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client may make the server hold, and for how long."""
-
-    max_sessions: int = 64  # live websocket connections; over it: `overloaded`, close 1013
-    max_message_bytes: int = 1 << 20  # larger: `too_big`, close 1009
-    idle_timeout_s: float = 120.0  # no message either way for this long: close 1001
-    start_timeout_s: float = 10.0  # no valid `start` within this: close 1008
-    stall_timeout_s: float = 10.0  # the client reads nothing for this long: close (1008, aborted)
-    close_timeout_s: float = 2.0
-    ping_interval_s: float | None = 20.0  # keepalive pings; a peer that misses one is dropped
-    ping_timeout_s: float | None = 20.0
-    max_errors: int = 32  # protocol errors tolerated per connection before closing 1008
-    write_limit: int = 64 * 1024  # socket write buffer high-water mark (bytes)
-    max_queue: int = 16  # received frames buffered before TCP backpressure
-    sample_rates: tuple[int, ...] = SAMPLE_RATES
-
 
 ChainsArg = Any | Sequence[Any] | Mapping[str, Any]
 
@@ -108,6 +86,19 @@ class ChainServer:
         self.log = get_logger(component="server")
         self._stack: contextlib.AsyncExitStack | None = None
         self._ws: Any = None
+        # what each connection sees of this server (the live runtimes and stats)
+        self.settings = ConnectionSettings(
+            limits=self.limits,
+            log=self.log,
+            token=self.token,
+            input_sample_rate=input_sample_rate,
+            output_sample_rate=output_sample_rate,
+            runtimes=self.runtimes,
+            stats=self.stats,
+        )
+        self._process_request = http_endpoints(
+            prometheus_text, self._health, self.token, fallback=self._static
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> ChainServer:
@@ -174,9 +165,7 @@ class ChainServer:
         return f"http://{self.host}:{self.port}/"
 
     def runtime_for(self, name: str | None) -> Runtime | None:
-        if name is None:
-            return next(iter(self.runtimes.values()))
-        return self.runtimes.get(name)
+        return self.settings.runtime_for(name)
 
     # --- websocket ----------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
@@ -190,7 +179,7 @@ class ChainServer:
                 await ws.send(encode(msg), text=True)
                 await ws.close(CLOSE_OVERLOADED, "overloaded")
             return
-        conn = Connection(self, ws)
+        conn = Connection(self.settings, ws)
         self.connections.add(conn)
         self.stats["connections"] += 1
         try:
@@ -198,43 +187,19 @@ class ChainServer:
         finally:
             self.connections.discard(conn)
 
-    # --- plain HTTP on the same port ----------------------------------------------------
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        if is_websocket(request):
-            return None
-        path, _, query = request.path.partition("?")
-        if path == "/healthz":
-            return self._healthz()
-        if path == "/metrics":
-            if not self._metrics_authorized(request, query):
-                return response(401, b"unauthorized\n", TEXT)
-            return response(200, prometheus_text(), PROMETHEUS)
-        return self._static(path)
-
-    def _healthz(self) -> Response:
+    # --- plain HTTP on the same port (transport/http.py): /healthz, /metrics, the page --------
+    def _health(self) -> dict[str, Any]:
         stages = {
             f"{name}/{st.name}": st.metrics.healthy for name, rt in self.runtimes.items() for st in rt.stages
         }
         ok = all(stages.values())
-        body = {
+        return {
             "status": "ok" if ok else "unhealthy",
             "chains": list(self.runtimes),
             "sessions": len(self.connections),
             "unhealthy": [k for k, v in stages.items() if not v],
             "stats": dict(self.stats),
         }
-        return response(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
-
-    def _metrics_authorized(self, request: Request, query: str) -> bool:
-        if self.token is None:
-            return True
-        auth = request.headers.get("Authorization", "")
-        given = (
-            auth[7:].strip()
-            if auth.lower().startswith("bearer ")
-            else (parse_qs(query).get("token") or [""])[0]
-        )
-        return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _static(self, path: str) -> Response:
         root = self.web_root
