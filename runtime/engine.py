@@ -23,6 +23,7 @@ from chains.outputs import ERROR, EVENTS, Output
 from chains.spec import checkable
 from runtime.autoscale import Autoscaler
 from runtime.batcher import Policy
+from runtime.calls import DirectCalls
 from runtime.envelope import Envelope  # noqa: F401  (re-exported for transports)
 from runtime.logs import get_logger
 from runtime.metrics import COLLECTOR, ChainMetrics
@@ -100,6 +101,8 @@ class Runtime:
         self.budget_s = chain.budget_ms / 1000.0 if getattr(chain, "budget_ms", None) else None
         self.sessions: dict[str, Session] = {}
         self.autoscalers: dict[str, Autoscaler] = {}  # by node, for autoscaled nodes
+        self._single_inputs = not any(inp.stream for inp in graph.inputs)
+        self._direct = DirectCalls(self) if DirectCalls.eligible(graph) else None
         self.log = get_logger(chain=graph.name)
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: Any = None
@@ -147,6 +150,8 @@ class Runtime:
             self._token = None
         if self._register:
             COLLECTOR.unregister(self.metrics)
+        if self._direct is not None:
+            self._direct.cancel_all()
         live = list(self.sessions.values())
         for sess in live:
             sess.cancel()  # nothing a runtime serves outlives it
@@ -180,8 +185,9 @@ class Runtime:
             await anyio.sleep(0.25)
 
     # --- admission ------------------------------------------------------------------
-    def _admit(self) -> None:
-        if self.max_sessions is not None and len(self.sessions) >= self.max_sessions:
+    def admit(self, extra: int = 0) -> None:
+        """Refuse a new session (or direct call: ``extra`` of them are live) over the limits."""
+        if self.max_sessions is not None and len(self.sessions) + extra >= self.max_sessions:
             self.metrics.sessions_refused += 1
             raise Overloaded(f"chain {self.graph.name!r} is at its limit of {self.max_sessions} sessions")
         if self.max_queue is not None:
@@ -199,7 +205,7 @@ class Runtime:
         (the transport puts the client's ``output_sample_rate`` there)."""
         if self._tg is None:
             raise RuntimeError("the runtime is not running: use `async with Runtime(chain)`")
-        self._admit()
+        self.admit(self._direct.active if self._direct is not None else 0)
         sess = Session(
             self.graph,
             self.stages,
@@ -213,16 +219,19 @@ class Runtime:
         self.metrics.sessions_active = len(self.sessions)
         body_error: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                sess._scope = tg.cancel_scope
-                tg.start_soon(sess.run, name=f"session:{sess.id}")
-                try:
-                    yield sess
-                except BaseException as e:
-                    body_error = e
-                    raise
-                finally:
-                    tg.cancel_scope.cancel()
+            # The scope lets the runtime end the session (and its caller's body) at exit;
+            # the task group owns the session's node tasks (Session.start says why asyncio's).
+            with anyio.CancelScope() as scope:
+                sess._scope = scope
+                async with asyncio.TaskGroup() as tg:
+                    sess.start(tg)
+                    try:
+                        yield sess
+                    except BaseException as e:
+                        body_error = e
+                        raise
+                    finally:
+                        sess.stop()
         except BaseExceptionGroup as group:
             _reraise_body_error(group, body_error)
             raise
@@ -289,20 +298,36 @@ class Runtime:
     async def call(self, *inputs: Any) -> Any:
         """Run one session to completion and return its outputs."""
         self._check_arity(inputs)
+        if self._direct is not None:
+            return self._shape_result(await self._direct.call(inputs))
         collected: dict[str, list[Any]] = {k: [] for k in self.graph.outputs}
         failure: NodeError | None = None
+
+        async def collect(sess: Session) -> None:
+            nonlocal failure
+            async for out in sess:
+                if out.name == ERROR:
+                    ev: ErrorEvent = out.value
+                    failure = NodeError(ev.node, ev.message, code=ev.code)
+                    return
+                if out.name == EVENTS:
+                    continue
+                collected[out.name].append(out.value)
+
         try:
-            async with self.session() as sess, anyio.create_task_group() as tg:
-                tg.start_soon(self._feed, sess, inputs)
-                async for out in sess:
-                    if out.name == ERROR:
-                        ev: ErrorEvent = out.value
-                        failure = NodeError(ev.node, ev.message, code=ev.code)
+            async with self.session() as sess:
+                if self._single_inputs:
+                    # Single values fit their edges: sent inline, no feeding task (the
+                    # one-session-per-request path stays cheap).
+                    for i, value in enumerate(inputs):
+                        await sess.send(value, i)
+                    sess.close_inputs()
+                    await collect(sess)
+                else:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._feed, sess, inputs)
+                        await collect(sess)
                         tg.cancel_scope.cancel()
-                        break
-                    if out.name == EVENTS:
-                        continue
-                    collected[out.name].append(out.value)
         except BaseExceptionGroup as group:
             _raise_single(group)
             raise
@@ -312,6 +337,10 @@ class Runtime:
         for k, h in self.graph.outputs.items():
             vals = collected[k]
             result[k] = vals if h.stream else (vals[0] if vals else None)
+        return self._shape_result(result)
+
+    def _shape_result(self, result: dict[str, Any]) -> Any:
+        """One output as its value, numbered outputs as a tuple, named ones as a dict."""
         keys = list(result)
         if keys == ["output"]:
             return result["output"]

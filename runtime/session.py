@@ -16,6 +16,7 @@ owns the turn epoch:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import time
@@ -59,7 +60,7 @@ class Session:
         self.epoch = 0
         self.closed = False
         self.meta: dict[str, Any] = dict(meta or {})  # session settings every node can read
-        self.log = get_logger(chain=graph.name, session=self.id)
+        self._log: Any = None
         self._metrics = metrics
         self._on_close = on_close
         self._seq = itertools.count()
@@ -72,8 +73,17 @@ class Session:
         self._state: dict[str, dict[str, Any]] = {}
         self._first_output_epochs: set[int] = set()
         self._scope: anyio.CancelScope | None = None
+        self._running = 0  # node tasks still running
+        self._tasks: list[asyncio.Task[None]] = []
         self.done = anyio.Event()  # set once the session is closed
         self._wire()
+
+    @property
+    def log(self) -> Any:
+        """The session's logger, bound on first use (most sessions never log)."""
+        if self._log is None:
+            self._log = get_logger(chain=self.graph.name, session=self.id)
+        return self._log
 
     # --- wiring ---------------------------------------------------------------------
     def _wire(self) -> None:
@@ -102,14 +112,24 @@ class Session:
         self._out_tx.close()
 
     # --- running --------------------------------------------------------------------
-    async def run(self) -> None:
-        """Run every node's per-session task until the inputs are exhausted."""
-        try:
-            async with anyio.create_task_group() as tg:
-                for node in self.graph.nodes:
-                    tg.start_soon(self._run_node, node, name=f"{self.id}:{node.name}")
-        finally:
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        """Start every node's per-session task in ``tg``, the session's owner.
+
+        An ``asyncio.TaskGroup``, not anyio's: a session per request is the common web
+        pattern, and anyio's task group and task start cost several times more than
+        the whole of a one-node call (benchmarks/calls.py). Inside, runners still use
+        anyio scopes freely. The side channel (errors, events) closes with the last node."""
+        self._running = len(self.graph.nodes)
+        if not self._running:
             self._side_tx.close()
+        self._tasks = [
+            tg.create_task(self._run_node(node), name=f"{self.id}:{node.name}") for node in self.graph.nodes
+        ]
+
+    def stop(self) -> None:
+        """The session's owner is leaving: cancel the node tasks still running."""
+        for t in self._tasks:
+            t.cancel()
 
     async def _run_node(self, node: GraphNode) -> None:
         stage = self.stages[node.index]
@@ -130,6 +150,9 @@ class Session:
             close_all(senders)
             for rx in rxs:
                 rx.close_receiver()
+            self._running -= 1
+            if self._running == 0:
+                self._side_tx.close()
 
     def _context(self, node: GraphNode) -> NodeContext:
         return NodeContext(
