@@ -1,11 +1,9 @@
 """Budget-driven autoscaling against a fixed peak count and a Ray-Serve-like policy.
 
-A fake batched stage whose batch of ``b`` items takes ``a + k*b`` seconds (a sleep)
-and whose replicas take a few seconds to start, served through the real
-``ReplicaSet`` (runtime/replicas.py) and the real deadline batcher; a small
-dispatcher stands in for the stage's batching loop (one batch in flight per ready
-replica). Each item must finish within the node's budget or is shed. Two traces,
-each run once per policy (the three policies run side by side on one event loop):
+A fake batched class node whose batch of ``b`` items takes ``a + k*b`` seconds (a
+sleep) and whose ``setup`` (the cold start) takes a few seconds, served by the real
+runtime: a chain of that one node, one session per item (``rt.call``), items shed
+past the node's budget. Two traces, each run once per policy, one run at a time:
 
 - ``stepped``: a low rate, then 5x, then low again;
 - ``bursty``: the low rate with seeded 5x bursts of a few seconds.
@@ -16,15 +14,22 @@ Policies:
   all the time;
 - ``ray_like``: Ray Serve's rule (desired = ongoing requests / 2 per replica,
   averaged over a look-back window, applied after an upscale delay of 30 s and a
-  downscale delay of 600 s), its times scaled by 1/20 to the trace;
-- ``chains``: runtime/autoscale.py's ``Autoscaler``.
+  downscale delay of 600 s), its times scaled by 1/20 to the trace, acting on the
+  runtime's replica set;
+- ``chains``: the node declares ``min_replicas``/``max_replicas``, so the runtime runs
+  its ``Autoscaler`` (runtime/autoscale.py), whose 1 s tick, 30-tick window and 30 s
+  delay are scaled by 1/4 to the trace.
 
-Reported per run: items late or shed (fraction of all), replica-seconds (loading,
-ready and draining replicas all cost), and recovery: seconds from the step up (mean
-over bursts for ``bursty``) until the last item that missed its budget.
+Reported per run: items late or shed (fraction of all, and in steady state: away
+from the first 10 s after a rate change), replica-seconds (loading, ready and
+draining replicas all cost), and recovery: seconds from the step up (mean over
+bursts for ``bursty``) until the last item that missed its budget.
+
+``--sim`` runs the same policies on the real ``ReplicaSet`` and batcher with a
+minimal dispatcher instead of the runtime (the three side by side; no sessions).
 
 Run: ``flock /tmp/chains-heavy.lock python benchmarks/autoscale.py --json out/autoscale.json
---plot out/autoscale.png`` (about 2.5 minutes; ``--quick`` halves the traces).
+--plot out/autoscale.png`` (about 4.5 minutes; ``--quick`` halves the traces).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +106,7 @@ class Run:
     items: list[tuple[float, float | None]] = field(default_factory=list)  # (submit, latency or None=shed)
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, ready, all)
     replica_seconds: float = 0.0
+    decisions: list[Any] = field(default_factory=list)  # the autoscaler's log (chains)
 
 
 class SimStage:
@@ -163,13 +170,14 @@ class SimStage:
 class RayLike:
     """Ray Serve's default autoscaling rule, its delays scaled to the trace."""
 
-    def __init__(self, rs: ReplicaSet, stage: SimStage, scale: float, target_ongoing: float = 2.0):
+    def __init__(self, rs: ReplicaSet, stage: Any, scale: float, target_ongoing: float = 2.0):
         self.rs, self.stage = rs, stage
         self.target = target_ongoing
         self.look_back_s = 30.0 * scale
         self.up_delay_s = 30.0 * scale
         self.down_delay_s = 600.0 * scale
         self.tick_s = 0.1
+        self.ongoing: Callable[[], int] = lambda: len(stage.batcher) + stage.executing
 
     async def run(self) -> None:
         window: deque[float] = deque(maxlen=max(1, round(self.look_back_s / self.tick_s)))
@@ -178,7 +186,7 @@ class RayLike:
         while True:
             await anyio.sleep(self.tick_s)
             now = time.monotonic()
-            window.append(len(self.stage.batcher) + self.stage.executing)
+            window.append(self.ongoing())
             desired = min(MAX_REPLICAS, max(1, math.ceil(statistics.fmean(window) / self.target)))
             cur = self.rs.target
             if desired > cur:
@@ -212,18 +220,28 @@ class Trace:
 
 
 def stepped(scale: float) -> Trace:
-    low1, high, low2 = 20.0 * scale, 25.0 * scale, 25.0 * scale
+    low1, high, low2 = 10.0 * scale, 15.0 * scale, 15.0 * scale
     return Trace("stepped", low1 + high + low2, [low1], high)
 
 
 def bursty(scale: float, seed: int = 5) -> Trace:
     rng = random.Random(seed)
-    duration = 70.0 * scale
-    bursts, t = [], 8.0 * scale
-    while t < duration - 10.0:
+    duration = 40.0 * scale
+    bursts, t = [], 6.0 * scale
+    while t < duration - 8.0:
         bursts.append(t)
         t += rng.uniform(12.0, 20.0)
     return Trace("bursty", duration, bursts, 4.0)
+
+
+def sample(run: Run, rs: ReplicaSet) -> None:
+    """Record the replica count now; integrate replica-seconds over the real interval."""
+    c = rs.counts()
+    total = c["loading"] + c["ready"] + c["draining"]
+    t = time.monotonic() - run.t0
+    if run.samples:
+        run.replica_seconds += run.samples[-1][2] * (t - run.samples[-1][0])
+    run.samples.append((t, c["ready"], total))
 
 
 # --- one run -----------------------------------------------------------------------------------------
@@ -251,10 +269,7 @@ async def run_one(policy: str, trace: Trace, seed: int) -> Run:
 
     async def monitor() -> None:
         while True:
-            c = rs.counts()
-            total = c["loading"] + c["ready"] + c["draining"]
-            run.samples.append((time.monotonic() - run.t0, c["ready"], total))
-            run.replica_seconds += total * SAMPLE_S
+            sample(run, rs)
             await anyio.sleep(SAMPLE_S)
 
     async def load() -> None:
@@ -296,6 +311,92 @@ async def run_one(policy: str, trace: Trace, seed: int) -> Run:
 
 def _model(xs: list[int]) -> list[int]:
     return xs
+
+
+def model_class(executing: list[int]) -> type:
+    """A fresh class node body: ``setup`` is the cold start, a batch costs ``a + k*b``."""
+
+    class Model:
+        async def setup(self) -> None:
+            await anyio.sleep(COLD_S)
+
+        async def __call__(self, xs: list[int]) -> list[int]:
+            executing[0] += len(xs)
+            try:
+                await anyio.sleep(A + K * len(xs))
+            finally:
+                executing[0] -= len(xs)
+            return xs
+
+    return Model
+
+
+async def run_runtime(policy: str, trace: Trace, seed: int) -> Run:
+    """One run through the real runtime: a chain of one batched class node, one session per
+    item (``rt.call``), the runtime's own autoscaler for ``chains``."""
+    name = f"{policy}-{trace.name}"
+    if policy == "chains":
+        opts: dict[str, Any] = {"min_replicas": 1, "max_replicas": MAX_REPLICAS, "target_utilization": UTIL}
+    else:
+        opts = {"replicas": fixed_peak_count() if policy == "fixed_peak" else 1}
+    executing = [0]
+    node = chains.node(
+        name=name,
+        batch=chains.Batch(max_size=MAX_BATCH, max_wait_ms=20),
+        on_late="shed",
+        budget_ms=BUDGET_S * 1000,
+        **opts,
+    )(model_class(executing))
+
+    @chains.chain(name=f"bench-{name}")
+    def chain(x: int):
+        return node()(x)
+
+    run = Run(policy, trace.name)
+    rng = random.Random(seed)
+    async with chains.running(chain) as rt:
+        stage = rt.stages[0]
+        rs = stage.replicas
+        if policy == "chains":
+            # the runtime's defaults (1 s ticks, 30-tick window, 30 s delay) scaled by 1/4 to the trace
+            scaler = rt.autoscalers[name]
+            scaler.tick_s, scaler.down_delay_s, scaler.up_confirm = 0.25, 7.5, 8
+            scaler.grace_s = max(2 * scaler.tick_s, BUDGET_S)
+
+        async def monitor() -> None:
+            while True:
+                sample(run, rs)
+                await anyio.sleep(SAMPLE_S)
+
+        async def item(sub_rel: float, sub: float) -> None:
+            try:
+                await rt.call(1)
+                run.items.append((sub_rel, time.monotonic() - sub))
+            except chains.NodeError:
+                run.items.append((sub_rel, None))
+
+        async with anyio.create_task_group() as tg:
+            run.t0 = time.monotonic()
+            tg.start_soon(monitor)
+            if policy == "ray_like":
+                ray = RayLike(rs, stage, scale=1 / 20)
+                ray.ongoing = lambda: len(stage.batcher) + executing[0]
+                tg.start_soon(ray.run)
+            async with anyio.create_task_group() as items:
+                t = 0.0
+                while True:
+                    t += rng.expovariate(trace.rate(t))
+                    if t >= trace.duration:
+                        break
+                    delay = run.t0 + t - time.monotonic()
+                    if delay > 0:
+                        await anyio.sleep(delay)
+                    now = time.monotonic()
+                    items.start_soon(item, now - run.t0, now)
+            tg.cancel_scope.cancel()
+        if policy == "chains":
+            run.decisions = [(round(d.t - run.t0, 2), d.replicas, d.reason) for d in scaler.log]
+    return run
 
 
 # --- figures -----------------------------------------------------------------------------------------
@@ -371,11 +472,15 @@ async def amain(args: Any) -> None:
         runs: list[Run] = []
 
         async def one(policy: str, trace: Trace = trace, runs: list[Run] = runs) -> None:
-            runs.append(await run_one(policy, trace, seed=11))
+            runs.append(await (run_one if args.sim else run_runtime)(policy, trace, seed=11))
 
-        async with anyio.create_task_group() as tg:
+        if args.sim:  # light: the three side by side
+            async with anyio.create_task_group() as tg:
+                for p in POLICIES:
+                    tg.start_soon(one, p)
+        else:  # a session per item: one runtime at a time, so none slows another's event loop
             for p in POLICIES:
-                tg.start_soon(one, p)
+                await one(p)
         runs.sort(key=lambda r: POLICIES.index(r.policy))
         results[trace.name] = (runs, trace)
         for run in runs:
@@ -387,13 +492,17 @@ async def amain(args: Any) -> None:
                 f"recovery {s['recovery_s']:5.2f} s  peak replicas {max(x[2] for x in run.samples)}",
                 flush=True,
             )
+            for d in run.decisions:
+                print(f"    autoscaler at {d[0]:6.2f} s -> {d[1]} replicas: {d[2]}", flush=True)
     write_json(args.json, {"runs": out})
     if args.plot:
         plot(args.plot, results)
 
 
 def main() -> None:
-    args = parser(__doc__.split("\n\n")[0]).parse_args()
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--sim", action="store_true", help="a minimal dispatcher instead of the runtime")
+    args = p.parse_args()
     asyncio.run(amain(args))
 
 
