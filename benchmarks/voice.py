@@ -27,12 +27,17 @@ rest of the question must abandon; ``abandoned_replies_sent`` counts reply outpu
 of abandoned turns that reached the client (must be 0) and ``transcripts`` shows
 what was answered.
 
+vLLM's engine and worker are kept from spinning a core while they wait
+(nodes/spin.py); ``VOICE_BENCH_VLLM_SPIN=1`` leaves vLLM's own 1 s spin, to compare.
+
     python benchmarks/voice.py [--json out/voice.json] [--plot out/voice.png] [--quick]
+    python benchmarks/voice.py --only 4:all:question,1:baseline:pause   # N:config:wav
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import wave
@@ -45,6 +50,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from nodes.spin import quiet_vllm_in_children  # noqa: E402
+
+if not os.environ.get("VOICE_BENCH_VLLM_SPIN"):  # set it to measure vLLM's own 1 s spin
+    quiet_vllm_in_children()  # (in vLLM's spawned engine and worker, which re-import this script)
 
 import chains  # noqa: E402
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402
@@ -211,17 +221,29 @@ async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dic
             cfg = CONFIGS[name]
             configure(rt, cfg)
             stt = instance(rt, "WhisperSTT")
+            for st in rt.stages:  # fresh stage figures per run
+                st.metrics = type(st.metrics)(st.metrics.chain, st.metrics.node)
             sessions: list[dict[str, Any]] = []
             for _ in range(repeats):
                 got = await asyncio.gather(*(one_session(rt, *prepared[wav]) for _ in range(n)))
                 sessions.extend(got)
             res = {"n": n, "config": name, "wav": wav, **cfg, **summarise(sessions)}
             res["stt_strategy"] = stt.strategy
+            figures = {st.name: st.metrics.snapshot() for st in rt.stages}
+            whisper = figures["WhisperSTT"]
+            res["stt_batch_ms_p50"] = whisper["service_ms"]["p50"]
+            res["stt_batch_size_mean"] = whisper["batch_size"]["mean"]
+            res["stt_batches"] = whisper["batch_size"]["count"]
+            res["llm_first_token_ms_p50"] = figures["VLLMChat"]["first_output_ms"]["p50"]
+            res["tts_first_audio_ms_p50"] = figures["PiperTTS"]["first_output_ms"]["p50"]
             runs.append(res)
             print(
                 f"N={n} {name:12s} {wav:8s}: v2v p50 {res['v2v_p50_ms']:.0f} ms p95 {res['v2v_p95_ms']:.0f}; "
                 + "; ".join(f"{k} {res[f'{k}_p50_ms']:.0f}" for k in ("eot", "transcript", "token", "audio"))
-                + f"; abandoned sent {res['abandoned_replies_sent']}; heard {res['transcripts']}",
+                + f"; abandoned sent {res['abandoned_replies_sent']}; heard {res['transcripts']}"
+                + f"; stt batch {res['stt_batch_ms_p50']:.0f} ms x{res['stt_batch_size_mean']:.1f}"
+                + f" ({res['stt_batches']}); llm ttft {res['llm_first_token_ms_p50']:.0f}"
+                + f"; tts first {res['tts_first_audio_ms_p50']:.0f}",
                 flush=True,
             )
     return runs
@@ -247,11 +269,14 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=4, help="rounds per run")
+    p.add_argument("--only", help="just these runs, e.g. 4:all:question,1:baseline:pause (N:config:wav)")
     args = p.parse_args()
     one = [(1, c, "question") for c in CONFIGS] + [
         (1, c, "pause") for c in ("baseline", "spec+clause", "all")
     ]
-    if args.quick:
+    if args.only:
+        plan = [(int(n), c, w) for n, c, w in (r.split(":") for r in args.only.split(","))]
+    elif args.quick:
         plan = [(1, c, "question") for c in ("baseline", "spec+clause", "all")] + [(1, "all", "pause")]
     else:
         plan = one + [(4, c, "question") for c in ("baseline", "spec+clause", "all")]

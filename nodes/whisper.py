@@ -205,7 +205,15 @@ class WhisperSTT:
         for u in utterances:
             x = pcm_to_float(u.pcm)
             clips.append(resample(x, u.sample_rate, RATE) if u.sample_rate != RATE else x)
+        # Final utterances first and apart from snapshots: a snapshot ends mid-word, and
+        # packed beside one Whisper's word timestamps slip across the boundary (seen at
+        # four sessions: a final transcript lost its last words to a neighbour).
+        finals = [i for i, u in enumerate(utterances) if not isinstance(u, Snapshot)]
+        snaps = [i for i, u in enumerate(utterances) if isinstance(u, Snapshot)]
+        texts: dict[int, str] = {}
+        for group in (finals, snaps):
+            texts.update(zip(group, self.transcribe([clips[i] for i in group]), strict=True))
         return [
-            Interim(text=t, turn=u.turn) if isinstance(u, Snapshot) else Text(text=t)
-            for u, t in zip(utterances, self.transcribe(clips), strict=True)
+            Interim(text=texts[i], turn=u.turn) if isinstance(u, Snapshot) else Text(text=texts[i])
+            for i, u in enumerate(utterances)
         ]

