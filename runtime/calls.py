@@ -88,6 +88,9 @@ class DirectCalls:
                 )
         finally:
             self.scopes.discard(scope)
+            for rs in rt._session_hooks:  # a remote host drops the call's node state
+                for inst in rs.instances:
+                    inst.on_session_closed(sid)
             self.active -= 1
             m.sessions_active = len(rt.sessions) + self.active
         now = _mono()

@@ -132,6 +132,7 @@ class Runtime:
                     self._tg.start_soon(st.run_batcher, name=f"batcher:{st.name}")
             self._tg.start_soon(self._refresh_budgets, name="budgets")
         except BaseException:
+            self._tg.cancel_scope.cancel()  # a provider's task (remote links) would keep it open
             await stack.__aexit__(None, None, None)
             raise
         self._stack = stack
