@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from chains.loader import load_chain
-    from transport.remote_host import serve_node
+    from transport.remote import serve_node
 
     chain = load_chain(args.target)
     asyncio.run(serve_node(chain, args.only, args.host, args.port))

@@ -5,9 +5,15 @@ growing a buffer."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -148,13 +154,68 @@ async def test_a_remote_that_goes_away_fails_items_not_the_session():
             await sess.send(Text(text="cd"))
             err = await sess.receive()
             assert err.name == "error"
-            assert err.value.node == "slow_spell" and err.value.code == "remote_unavailable"
-            await sess.send(Text(text="ef"))  # the session goes on; each item fails alike
-            assert (await sess.receive()).value.code == "remote_unavailable"
+            # The link's replica is lost; while it is rebuilt (it cannot be: the host is
+            # gone) every item fails at once with an explicit code; the session goes on.
+            assert err.value.node == "slow_spell" and err.value.code in ("replica_lost", "no_replica")
+            await sess.send(Text(text="ef"))
+            assert (await sess.receive()).value.code == "no_replica"
             sess.close_inputs()
             assert [o async for o in sess] == []
+            assert rt.stages[0].replicas.counts()["ready"] == 0
     finally:
         cm.__exit__(None, None, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _host_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``chains serve ... --only slow_spell --port PORT`` (a fixed port: restarted in place)."""
+    cmd = ["chains", "serve", f"{FIXTURES}:spelling", "--only", "slow_spell", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *cmd],
+        env={**os.environ, "CHAINS_TEST_SLOW_S": "0.001"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None and b"ws://" in proc.stdout.readline()
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_a_lost_remote_replica_is_relinked_when_its_host_is_back():
+    """The host restarts on the same port: the replica set rebuilds the link with backoff
+    and the same session is served again, without restarting the runtime."""
+    port = _free_port()
+    url = f"ws://127.0.0.1:{port}/"
+    first = _host_on(port)
+    first.__enter__()
+    try:
+        async with Runtime(with_remotes(spelling, {"slow_spell": url})) as rt, rt.session() as sess:
+            await sess.send(Text(text="ab"))
+            assert [(await sess.receive()).value.text for _ in range(2)] == ["a", "b"]
+            first.__exit__(None, None, None)
+            await sess.send(Text(text="c"))
+            assert (await sess.receive()).name == "error"
+            rs = rt.stages[0].replicas
+            with _host_on(port):
+                with anyio.fail_after(30):
+                    while not rs.ready:
+                        await anyio.sleep(0.05)
+                await sess.send(Text(text="xy"))
+                assert [(await sess.receive()).value.text for _ in range(2)] == ["x", "y"]
+                assert rs.rebuilds >= 1
+                sess.close_inputs()
+                assert [o async for o in sess] == []
+    finally:
+        first.__exit__(None, None, None)
 
 
 async def test_the_server_serves_a_chain_with_a_remote_node():

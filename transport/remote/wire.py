@@ -1,4 +1,4 @@
-"""The remote-stage link's wire format and flow-control primitives.
+"""The remote-stage link's wire format and flow-control primitives (frames, codec, credits).
 
 One websocket carries every session's traffic to one remote node. Each websocket
 message is a msgpack array of frames (the writer coalesces whatever is queued, so
@@ -32,6 +32,7 @@ import chains.messages as _messages
 from chains.errors import NodeError
 
 PROTOCOL_VERSION = 1
+STALE = "stale"  # a Fail code: the item's turn was interrupted before it was served
 
 
 class Value(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -330,6 +331,7 @@ def error_of(exc: BaseException) -> tuple[str, str]:
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "STALE",
     "Call",
     "Cancel",
     "Codec",

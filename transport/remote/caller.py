@@ -1,11 +1,20 @@
-"""The caller's end of a remote stage's link (see ``transport.remote``).
+"""The caller's end of a remote stage's link: one websocket to one replica's host.
 
-One ``RemoteLink`` per remote node: one websocket to the node's process, a writer
-task that coalesces frames, a reader task that routes replies to the waiting call
-(a future for a map call, an inbox for a streaming call or a stream node). Credits
-from ``transport.link`` bound every call, input item and output item in flight.
-If the link drops, every pending call fails with ``remote_unavailable`` and the
-next call tries to link again.
+A ``RemoteLink`` is one connection. ``run`` connects, shakes hands, reports itself
+started, then routes frames both ways (a writer that coalesces queued frames into
+one message, a reader that hands each reply to the call waiting for it) in a task
+group of its own, until the connection drops or ``close`` cancels it. Whoever
+starts ``run`` owns those tasks: the replica provider runs it in a task group
+opened with the runtime (see ``transport.remote.stubs``), never as bare tasks.
+
+A link does not reconnect by itself. When the connection drops, every call in
+flight fails as ``ReplicaLost`` (no hang) and so does every later call; the
+replica set sees the loss and asks the provider for a new replica, which is a new
+link (to the same URL, or to the restarted actor's new one), with backoff.
+
+Credits from ``transport.remote.wire`` bound every call, input item and output
+item in flight. A session's node state on the host is dropped when the runtime
+tells the replica the session closed (``session_closed``).
 """
 
 from __future__ import annotations
@@ -14,19 +23,21 @@ import asyncio
 import contextlib
 import itertools
 import time
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from chains.context import context
-from chains.errors import ModelError, NodeError
+from chains.errors import ModelError, NodeError, ReplicaLost
 from chains.spec import NodeSpec
+from runtime.batcher import StaleItem
 from runtime.logs import get_logger
-from transport.link import (
+from transport.remote.wire import (
+    STALE,
     Call,
     Cancel,
     Codec,
@@ -52,16 +63,11 @@ from transport.link import (
 )
 
 OUT_WINDOW = 32  # output items a streaming call may have in flight towards us
-
-
-class _SessionMark:
-    """Lives in a session's node state; when the session is gone, the host is told."""
-
-    __slots__ = ("__weakref__",)
+CONNECT_TIMEOUT_S = 10.0
 
 
 class RemoteLink:
-    """The caller's end of one node's link: connect, send frames, route replies."""
+    """One connection to a replica's host: send frames, route replies."""
 
     def __init__(self, url: str, spec: NodeSpec, node: str, out_window: int = OUT_WINDOW):
         self.url = url
@@ -69,7 +75,6 @@ class RemoteLink:
         self.node = node
         self.out_window = out_window
         self.codec = Codec(payload_types(spec), node)
-        self.ws: ClientConnection | None = None
         self.out = Outbox()
         self.calls = Credits(0)
         self.feed_window = 16
@@ -77,79 +82,73 @@ class RemoteLink:
         self._pending: dict[int, Any] = {}  # id -> Future (map) or Inbox (streams)
         self._feed_credits: dict[int, Credits] = {}
         self._open_ids: set[int] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: set[str] = set()  # sessions the host holds state for
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
         self.dead: NodeError | None = None
         self.stats = {"calls": 0, "max_waiting": 0, "max_inbox": 0}
         self.log = get_logger(node=node, component="remote_link")
 
-    # --- connection ------------------------------------------------------------------------
-    async def start(self) -> None:
+    # --- lifetime ---------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then serve the link until it drops or is closed (start it with ``tg.start``:
+        a failed connection raises ``ModelError`` to the starter)."""
         try:
-            await self._connect()
-        except NodeError as e:
-            raise ModelError(f"remote node {self.node!r}: {e.detail}") from None
+            with anyio.CancelScope() as self._scope:
+                ws = await self._connect()
+                try:
+                    task_status.started()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._writer, ws, tg.cancel_scope)
+                        await self._reader(ws)
+                        tg.cancel_scope.cancel()
+                except Exception as e:  # a broken link loses its replica, never its owner's tasks
+                    self.log.warning("link_failed", url=self.url, error=f"{type(e).__name__}: {e}")
+                    self._fail_all(self._lost(f"{type(e).__name__}: {e}"))
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await ws.close()
+                    ws.transport.abort()
+        finally:
+            self._fail_all(self.dead or self._lost("the link was closed"))
+            self._done.set()
 
-    async def _connect(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def close(self) -> None:
+        """Stop the link (its calls in flight fail) and wait until its tasks are gone."""
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._done.wait()
+        else:
+            self._fail_all(self._lost("the link was closed"))
+
+    @property
+    def alive(self) -> bool:
+        return self.dead is None and self._scope is not None and not self._done.is_set()
+
+    async def _connect(self) -> ClientConnection:
         try:
-            ws = await connect(self.url, compression=None, max_size=None, open_timeout=10)
+            ws = await connect(self.url, compression=None, max_size=None, open_timeout=CONNECT_TIMEOUT_S)
         except Exception as e:
-            raise self._gone(f"cannot reach {self.url}: {e}") from None
+            raise ModelError(f"remote node {self.node!r}: cannot reach {self.url}: {e}") from None
         try:
-            hello = Hello(
-                self.node, self.spec.shape.value, self.spec.qualname.split(":")[-1], self.out_window
-            )
-            await ws.send(encode_frames([hello]))
-            reply = decode_frames(await ws.recv(decode=False))[0]
+            impl = self.spec.qualname.split(":")[-1]
+            await ws.send(encode_frames([Hello(self.node, self.spec.shape.value, impl, self.out_window)]))
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                reply = decode_frames(await ws.recv(decode=False))[0]
         except Exception as e:
             await ws.close()
-            raise self._gone(f"no handshake with {self.url}: {e}") from None
-        if isinstance(reply, Refuse):
-            await ws.close()
-            raise self._gone(f"{self.url} refused the link: {reply.message}")
+            raise ModelError(f"remote node {self.node!r}: no handshake with {self.url}: {e}") from None
         if not isinstance(reply, Welcome):
             await ws.close()
-            raise self._gone(f"{self.url} answered {type(reply).__name__}, not welcome")
-        self.ws = ws
-        self.dead = None
-        self.out = Outbox()
+            why = reply.message if isinstance(reply, Refuse) else f"answered {type(reply).__name__}"
+            raise ModelError(f"remote node {self.node!r}: {self.url} refused the link: {why}")
         self.calls = Credits(reply.calls)
         self.feed_window = reply.feed_window
-        self._tasks = [
-            asyncio.create_task(self._reader(ws), name=f"remote-reader:{self.node}"),
-            asyncio.create_task(self._writer(ws, self.out), name=f"remote-writer:{self.node}"),
-        ]
         self.log.info("linked", url=self.url, calls=reply.calls)
+        return ws
 
-    async def _ensure(self) -> None:
-        if self.ws is not None and self.dead is None:
-            return
-        async with self._lock:
-            if self.ws is None or self.dead is not None:
-                await self._teardown()
-                await self._connect()
-
-    async def stop(self) -> None:
-        await self._teardown()
-
-    async def _teardown(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        ws, self.ws = self.ws, None
-        if ws is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await ws.close()
-            ws.transport.abort()
-        self._fail_all(self._gone("the link was closed"))
-
-    def _gone(self, why: str) -> NodeError:
-        return NodeError(self.node, f"remote stage unavailable: {why}", code="remote_unavailable")
+    def _lost(self, why: str) -> ReplicaLost:
+        return ReplicaLost(self.node, f"remote replica at {self.url} is gone: {why}")
 
     def _fail_all(self, err: NodeError) -> None:
         self.dead = err
@@ -163,26 +162,25 @@ class RemoteLink:
                 if not p.done():
                     p.set_exception(err)
             else:
-                p.put(Fail(0, err.code, err.detail))
+                p.put(err)  # a stream's consumer raises it
 
-    async def _writer(self, ws: ClientConnection, out: Outbox) -> None:
+    async def _writer(self, ws: ClientConnection, scope: anyio.CancelScope) -> None:
         try:
             while True:
-                frames = await out.take()
+                frames = await self.out.take()
                 await ws.send(encode_frames(frames))
         except ConnectionClosed:
-            self._fail_all(self._gone(f"{self.url} closed the link"))
+            self._fail_all(self._lost(f"{self.url} closed the link"))
+            scope.cancel()
 
     async def _reader(self, ws: ClientConnection) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosed):
             async for raw in ws:
                 if isinstance(raw, str):
                     continue
                 for f in decode_frames(raw):
                     self._route(f)
-        except ConnectionClosed:
-            pass
-        self._fail_all(self._gone(f"{self.url} closed the link"))
+        self._fail_all(self._lost(f"{self.url} closed the link"))
 
     def _route(self, f: Any) -> None:
         if isinstance(f, FeedCredit):
@@ -206,7 +204,7 @@ class RemoteLink:
             if isinstance(f, Result):
                 p.set_result(f.value)
             elif isinstance(f, Fail):
-                p.set_exception(NodeError(self.node, f.message, code=f.code))
+                p.set_exception(_error(self.node, f))
             else:  # End: cancelled on the host
                 p.cancel()
             return
@@ -218,6 +216,10 @@ class RemoteLink:
 
     def send(self, frame: Any) -> None:
         self.out.put(frame)
+
+    def _check(self) -> None:
+        if self.dead is not None:
+            raise self.dead
 
     # --- sessions -----------------------------------------------------------------------------
     @staticmethod
@@ -231,25 +233,28 @@ class RemoteLink:
     def _session(self) -> tuple[str, int, dict[str, Any] | None]:
         """(session id, epoch, meta if the host has not seen this session yet)."""
         ctx = context()
+        sid = ctx.session_id
         meta = None
-        if "_remote_mark" not in ctx.state:
-            mark = _SessionMark()
-            ctx.state["_remote_mark"] = mark
-            weakref.finalize(mark, self._session_gone, ctx.session_id)
+        if sid not in self._sessions:
+            self._sessions.add(sid)
             meta = dict(ctx.meta)
-        return ctx.session_id, ctx.epoch, meta
+        return sid, ctx.epoch, meta
 
-    def _session_gone(self, sid: str) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed() or self.ws is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self.out.put, SessionEnd(sid))
+    def session_closed(self, session_id: str) -> None:
+        """The runtime closed a session: the host drops its node state."""
+        if session_id in self._sessions:
+            self._sessions.discard(session_id)
+            if self.dead is None:
+                self.send(SessionEnd(session_id))
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
 
     # --- the three call shapes ------------------------------------------------------------------
     async def call(self, args: tuple[Any, ...]) -> Any:
         """A map call: one item in, one result (or None) out."""
-        await self._ensure()
+        self._check()
         sid, epoch, meta = self._session()
         values = [self.codec.encode(a) for a in args]
         await self._acquire_call()
@@ -274,7 +279,7 @@ class RemoteLink:
 
     async def call_stream(self, args: tuple[Any, ...]) -> AsyncIterator[Any]:
         """A streaming-map call: outputs arrive as produced; closing it cancels it."""
-        await self._ensure()
+        self._check()
         sid, epoch, meta = self._session()
         values = [self.codec.encode(a) for a in args]
         await self._acquire_call()
@@ -287,8 +292,9 @@ class RemoteLink:
                 yield out
 
     async def open_stream(self, args: tuple[Any, ...]) -> AsyncIterator[Any]:
-        """A stream node's session: our input streams are fed to the host's instance."""
-        await self._ensure()
+        """A stream node's session: our input streams are fed to the host's instance by
+        feeder tasks in a task group this generator holds open while it runs."""
+        self._check()
         sid, epoch, meta = self._session()
         params = self.spec.params
         open_args = [None if p.stream else self.codec.encode(a) for p, a in zip(params, args, strict=True)]
@@ -298,29 +304,25 @@ class RemoteLink:
         credits = self._feed_credits[call_id] = Credits(self.feed_window)
         self._open_ids.add(call_id)
         self.send(Open(call_id, sid, epoch, open_args, meta))
-        feeders = [
-            asyncio.create_task(self._feed(call_id, i, a, credits), name=f"remote-feed:{self.node}:{call_id}")
-            for i, (p, a) in enumerate(zip(params, args, strict=True))
-            if p.stream
-        ]
         try:
-            async with contextlib.aclosing(self._outputs(call_id, inbox)) as outs:
-                async for out in outs:
-                    yield out
+            async with anyio.create_task_group() as tg:
+                for i, (p, a) in enumerate(zip(params, args, strict=True)):
+                    if p.stream:
+                        tg.start_soon(self._feed, call_id, i, a, credits)
+                async with contextlib.aclosing(self._outputs(call_id, inbox)) as outs:
+                    async for out in outs:
+                        yield out
+                tg.cancel_scope.cancel()
         finally:
-            for t in feeders:
-                t.cancel()
-            for t in feeders:
-                with contextlib.suppress(asyncio.CancelledError, NodeError):
-                    await t
             self._feed_credits.pop(call_id, None)
 
     async def _feed(self, call_id: int, param: int, stream: Any, credits: Credits) -> None:
         ctx = context()
-        async for item in stream:
-            await credits.acquire()
-            self.send(Feed(call_id, param, ctx.epoch, self.codec.encode(item)))
-        self.send(FeedEnd(call_id, param))
+        with contextlib.suppress(NodeError):  # the link died: the outputs side reports it
+            async for item in stream:
+                await credits.acquire()
+                self.send(Feed(call_id, param, ctx.epoch, self.codec.encode(item)))
+            self.send(FeedEnd(call_id, param))
 
     async def _outputs(self, call_id: int, inbox: Inbox) -> AsyncIterator[Any]:
         step = max(1, self.out_window // 2)
@@ -340,10 +342,21 @@ class RemoteLink:
                     return
                 elif isinstance(f, Fail):
                     finished = True
-                    raise NodeError(self.node, f.message, code=f.code)
+                    raise _error(self.node, f)
+                elif isinstance(f, BaseException):  # the link is gone
+                    finished = True
+                    raise f
         finally:
             if not finished and self._pending.pop(call_id, None) is not None:
                 self.send(Cancel(call_id))  # an interrupt closed us: stop the host's work
+
+
+def _error(node: str, f: Fail) -> Exception:
+    """The host's failure as the caller's error. A replica the host lost (its model died)
+    keeps its code but is not this link's loss: the host rebuilds it, the link stays."""
+    if f.code == STALE:
+        return StaleItem()
+    return NodeError(node, f.message, code=f.code)
 
 
 __all__ = ["OUT_WINDOW", "RemoteLink"]
