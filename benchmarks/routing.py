@@ -123,7 +123,7 @@ class Config:
     session_rate: float = 0.5  # sessions started per second
     think_s: float = 1.0
     block_size: int = 32
-    kv_blocks: int = 176  # per engine: ~5.6k tokens
+    kv_blocks: int = 128  # per engine: 4k tokens, fewer than the tenants' system prompts
     max_model_len: int = 2048
     seed: int = 7
 
@@ -470,7 +470,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = Config()
     if args.quick:
-        cfg = Config(tenants=4, sessions_per_tenant=3, turns=4, session_rate=0.25, think_s=2.0, kv_blocks=144)
+        cfg = Config(tenants=6, sessions_per_tenant=2, turns=4, session_rate=0.2, think_s=2.0, kv_blocks=112)
     if args.tiny:
         cfg = Config(
             tenants=2,

@@ -271,7 +271,9 @@ class PrefixAware:
 
     def _remember(self, replica: Replica, hashes: list[int]) -> None:
         lru = self._blocks(replica)
-        for h in hashes:
+        # Tail first, so a prompt's leading blocks are the most recent: under pressure the
+        # engine, too, evicts a finished request's last blocks before its shared prefix.
+        for h in reversed(hashes):
             lru[h] = None
             lru.move_to_end(h)
         cap = self._cap.get(replica.id, self.capacity_blocks)

@@ -162,9 +162,12 @@ def test_imbalance_guard_overrides_prefix() -> None:
 def test_prefix_lru_is_capped_and_forgets_gone_replicas() -> None:
     pa = PrefixAware(block_size=4, capacity_blocks=5)
     rs = replicas(1)
-    pa.remember(rs[0], list(range(40)))  # 10 blocks: only the newest 5 stay
+    pa.remember(rs[0], list(range(40)))  # 10 blocks: 5 stay, the leading ones (as in the engine)
     assert len(pa._lru[rs[0].id]) == 5
-    assert pa.matched(rs[0], block_hashes(list(range(40)), 4)) == 0  # block 0 was evicted
+    assert pa.matched(rs[0], block_hashes(list(range(40)), 4)) == 5
+    pa.remember(rs[0], list(range(100, 112)))  # 3 newer blocks push out the old prompt's tail
+    assert pa.matched(rs[0], block_hashes(list(range(40)), 4)) == 2
+    assert pa.matched(rs[0], block_hashes(list(range(100, 112)), 4)) == 3
     pa.forget(rs[0])
     assert rs[0].id not in pa._lru
 
