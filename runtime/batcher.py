@@ -89,6 +89,12 @@ class Batcher:
         self._gap_ewma = math.inf  # mean time between arrivals
         self.margin_s = 0.002
         self.in_flight = 0  # batches running now (maintained by the stage)
+        # How much sooner than predicted a batch is assumed to finish when deciding what
+        # to shed: adapted from what happened (see ``served``). Too optimistic and items
+        # are served late (wasted capacity); too pessimistic and items that would have
+        # made it are shed. It starts at the model's noise (two residuals).
+        self.optimism: float | None = None
+        self.late_ewma = 0.0  # share of served items that finished late, recent batches
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -164,6 +170,25 @@ class Batcher:
     def margin(self) -> float:
         return max(self.margin_s, 2.0 * self.cost.resid)
 
+    LATE_TARGET = 0.005  # served-late share the shed rule aims under
+
+    def served(self, n: int, late: int) -> None:
+        """A batch of ``n`` finished with ``late`` items past their deadline: adapt the
+        shed rule's optimism. Late items under overload mean it was too optimistic
+        (step it down fast); none for a while means it may shed too eagerly (step it up
+        slowly, at most to the model's noise margin)."""
+        if self.on_late != "shed" or n == 0:
+            return
+        self.late_ewma = 0.9 * self.late_ewma + 0.1 * (late / n)
+        noise = self.margin()
+        opt = noise if self.optimism is None else self.optimism
+        step = max(self.cost.resid, 0.0005)
+        if self.late_ewma > self.LATE_TARGET:
+            opt -= step
+        elif self.late_ewma < self.LATE_TARGET / 2:
+            opt += step / 4
+        self.optimism = max(-noise, min(noise, opt))
+
     async def next_batch(self) -> list[BatchItem]:
         """Wait for and return the next batch (called when a slot is free)."""
         while True:
@@ -187,9 +212,10 @@ class Batcher:
             return batch
         # Shed what cannot make its deadline in this batch, refilling from the heap.
         while True:
-            # Optimistic by the margin: shed only what will surely miss, not what
-            # the model's noise says might.
-            finish = now + self.cost.predict(len(batch)) - self.margin()
+            # Optimistic by the adapted margin: shed only what will surely miss, not
+            # what the model's noise says might (``served`` tunes how sure).
+            optimism = self.margin() if self.optimism is None else self.optimism
+            finish = now + self.cost.predict(len(batch)) - optimism
             hopeless = [it for it in batch if it.deadline < finish]
             if not hopeless or self.cost.n == 0:
                 return batch

@@ -388,11 +388,14 @@ class Stage:
             m.batch_size.observe(len(batch))
             m.items += len(batch)
             m.consecutive_errors = 0
+            late = 0
             for it, r in zip(batch, results, strict=True):
                 if end > it.deadline:
-                    m.late += 1
+                    late += 1
                 if not it.future.done():
                     it.future.set_result(r)
+            m.late += late
+            self.batcher.served(len(batch), late)  # type: ignore[union-attr]
         finally:
             self.batcher.batch_done()  # type: ignore[union-attr]
             self.limiter.release()
