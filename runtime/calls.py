@@ -88,9 +88,7 @@ class DirectCalls:
                 )
         finally:
             self.scopes.discard(scope)
-            for rs in rt._session_hooks:  # a remote host drops the call's node state
-                for inst in rs.instances:
-                    inst.on_session_closed(sid)
+            rt.session_ended(sid)
             self.active -= 1
             m.sessions_active = len(rt.sessions) + self.active
         now = _mono()

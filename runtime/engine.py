@@ -242,10 +242,14 @@ class Runtime:
     def _forget(self, sess: Session) -> None:
         self.sessions.pop(sess.id, None)
         self.metrics.sessions_active = len(self.sessions)
-        # Replicas that keep per-session state elsewhere (a remote host) drop it now.
+        self.session_ended(sess.id)
+
+    def session_ended(self, sid: str) -> None:
+        """A session or a direct call ended: replicas that keep per-session state
+        elsewhere (a remote host) drop it now."""
         for rs in self._session_hooks:
             for inst in rs.instances:
-                inst.on_session_closed(sess.id)
+                inst.on_session_closed(sid)
 
     # --- one-shot helpers -----------------------------------------------------------
     async def _feed(self, sess: Session, inputs: tuple[Any, ...]) -> None:

@@ -35,6 +35,7 @@ from chains.errors import NodeError, ReplicaLost
 from chains.graph import GraphNode
 from chains.spec import Shape
 from runtime.batcher import Batcher, BatchItem, Policy, StaleItem, fail_future
+from runtime.batches import run_batcher
 from runtime.costmodel import CostModel
 from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
@@ -343,78 +344,8 @@ class Stage:
         self.metrics.stale += 1
 
     async def run_batcher(self) -> None:
-        """The stage's batching loop: owned by the runtime's task group."""
-        assert self.batcher is not None
-        async with anyio.create_task_group() as tg:
-            while True:
-                await self.limiter.acquire(0.0)
-                try:
-                    batch = await self.batcher.next_batch()
-                except BaseException:
-                    self.limiter.release()
-                    raise
-                self.metrics.queued = len(self.batcher)
-                self.batcher.in_flight += 1
-                tg.start_soon(self._run_batch, batch)
-
-    async def _run_batch(self, batch: list[BatchItem]) -> None:
-        m = self.metrics
-        try:
-            start = _mono()
-            for it in batch:
-                m.queue_wait.observe(start - it.enqueued)
-            payloads = [it.payload for it in batch]
-            # A failed batch counts no error by itself: its items are failed (and counted)
-            # one by one, or served alone so that only the bad ones fail.
-            try:
-                results = await self._call_with_retries((payloads,), batch[0].deadline, None, count=0)
-                if not isinstance(results, list | tuple) or len(results) != len(batch):
-                    got = len(results) if isinstance(results, list | tuple) else type(results).__name__
-                    raise NodeError(self.name, f"returned {got} results for a batch of {len(batch)}")
-            except Exception as e:
-                err = e if isinstance(e, NodeError) else self._failed(None, e, 0)
-                self.log.warning("batch_failed", size=len(batch), error=str(err))
-                if len(batch) == 1 or err.code in ("replica_lost", "no_replica"):
-                    self._failed(None, err, len(batch))
-                    for it in batch:
-                        fail_future(it.future, err)
-                    return
-                # One bad item must not fail the sessions batched with it: run each alone.
-                await self._isolate(batch)
-                return
-            end = _mono()
-            self.cost.observe(len(batch), end - start)
-            m.service.observe(end - start)
-            m.batch_size.observe(len(batch))
-            m.items += len(batch)
-            m.consecutive_errors = 0
-            late = 0
-            for it, r in zip(batch, results, strict=True):
-                if end > it.deadline:
-                    late += 1
-                if not it.future.done():
-                    it.future.set_result(r)
-            m.late += late
-            self.batcher.served(len(batch), late)  # type: ignore[union-attr]
-        finally:
-            self.batcher.batch_done()  # type: ignore[union-attr]
-            self.limiter.release()
-
-    async def _isolate(self, batch: list[BatchItem]) -> None:
-        """After a failed batch, serve its items one by one so only the bad ones fail."""
-        for it in batch:
-            if it.future.done():
-                continue
-            try:
-                res = await self._attempt(([it.payload],), None)
-                if not isinstance(res, list | tuple) or len(res) != 1:
-                    raise self.failed(NodeError(self.name, f"returned {res!r:.60} for a batch of 1"))
-            except Exception as e:
-                fail_future(it.future, e if isinstance(e, NodeError) else self.failed(e))
-                continue
-            self.metrics.items += 1
-            if not it.future.done():
-                it.future.set_result(res[0])
+        """The stage's batching loop (runtime/batches.py), owned by the runtime's task group."""
+        await run_batcher(self)
 
 
 def _always() -> bool:
