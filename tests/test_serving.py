@@ -391,3 +391,26 @@ async def test_an_autoscaled_node_starts_at_its_minimum_under_its_autoscaler() -
         assert set(rt.autoscalers) == {"auto"}
         assert len(rt.stages[0].replicas.ready) == 2
         assert (await rt.call("x")).startswith("x@")
+
+
+@pytest.mark.parametrize("on_late", ["serve", "shed"])
+async def test_a_remote_stage_counts_late_and_shed_items_as_in_process(on_late: str) -> None:
+    from transport.remote import with_remotes
+    from transport.remote.host import hosting
+
+    chain, _ = _shapes(on_late)["map"]
+    async with hosting(chain, "map") as (host, url), chains.running(with_remotes(chain, {"map": url})) as rt:
+        codes = []
+        for i in range(4):
+            try:
+                await rt.call(f"x{i}")
+            except chains.NodeError as e:
+                codes.append(e.code)
+        m = host.stage.metrics  # the host's own Stage serves every remote item
+        if on_late == "serve":
+            assert codes == [] and m.items == 4 and m.late == 4
+        else:
+            # Shed where it is first seen to be hopeless: the caller's stage (it learned the
+            # stage's service time too) or the host's; counted once either way.
+            assert codes == ["shed"] * 3 and m.items == 1
+            assert m.shed + rt.stages[0].metrics.shed == 3
