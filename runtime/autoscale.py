@@ -10,11 +10,13 @@ evidence that there are too few, not a proxy for it. The rule, once per tick:
   failed or dropped since the last tick, plus the queue's growth) times the replica
   time one item takes at the batch size the stage's budget allows, ``t(b) / (b*c)``
   with ``c`` calls in flight per replica. ``need = ceil(demand / target_utilization)``.
-- **up at once** when items start to miss (late or shed counts rise, or the mean queue
-  wait passes the stage's share of its budget): to ``need``, and by one at least. A
-  replica still loading is capacity in progress: while one loads, misses alone add no
-  more (the cold start is already the answer); only a larger ``need`` does. Without
-  misses, a ``need`` above the target for ``up_confirm`` ticks in a row scales up too.
+- **up at once** when items start to miss (late or shed counts rise, the mean queue
+  wait passes the stage's share of its budget, or the queue needs longer than that
+  share to drain at the learned cost, so its last items are about to miss): to
+  ``need``, and by one at least. A replica still loading is capacity in progress:
+  while one loads, misses alone add no more (the cold start is already the answer);
+  only a larger ``need`` does. Without misses, a ``need`` above the target for
+  ``up_confirm`` ticks in a row scales up too.
 - **down slowly**: one replica at a time, only when no miss and no cold start happened
   for ``down_window`` ticks, the largest ``need`` over that window is below the
   target, and ``down_delay_s`` passed since the last change.
@@ -149,25 +151,32 @@ class Autoscaler:
 
     def observe(self, now: float) -> tuple[float, float, list[str]]:
         """Demand (replicas busy at 100%), smoothed and over the last tick alone, and the
-        reasons to think items are missing."""
+        reasons to think items are missing or about to."""
         dt = now - self._last if self._last is not None else 0.0
         self._last = now
+        ready = max(1, self.replicas.counts()["ready"])
         demand, recent, misses = 0.0, 0.0, []
         for v in self.views:
             done, missed, q, wsum, wcount = v.read()
+            budget = getattr(v.stage, "budget_s", None)
+            per_item = self._per_item_s(v.stage)
             if dt > 0:
                 arrivals = max(0, (done - v.done) + (q - v.queued))
                 rate = v.last_rate = arrivals / dt
                 v.rate = rate if v.rate == 0.0 else self.rate_alpha * rate + (1 - self.rate_alpha) * v.rate
                 if missed > v.missed:
                     misses.append(f"{v.stage.name}: {missed - v.missed} late or shed")
-                budget = getattr(v.stage, "budget_s", None)
                 if budget and wcount > v.wait_count:
                     wait = (wsum - v.wait_sum) / (wcount - v.wait_count)
                     if wait > budget * self.wait_share:
                         misses.append(f"{v.stage.name}: queue wait {wait * 1000:.0f} ms")
+                # the queue now needs longer than its share of the budget to drain: its last
+                # items will miss, so do not wait for them to
+                if budget and per_item is not None and q * per_item / ready > budget * self.wait_share:
+                    misses.append(
+                        f"{v.stage.name}: {q} queued, {q * per_item / ready * 1000:.0f} ms to drain"
+                    )
             v.done, v.missed, v.queued, v.wait_sum, v.wait_count = done, missed, q, wsum, wcount
-            per_item = self._per_item_s(v.stage)
             if per_item is not None:
                 demand += v.rate * per_item
                 recent += v.last_rate * per_item

@@ -186,6 +186,20 @@ def test_no_second_scale_up_while_a_cold_start_runs() -> None:
     assert w.rs.cold_starts == ups[0].replicas - 1
 
 
+def test_a_queue_that_cannot_drain_in_budget_scales_up_before_items_miss() -> None:
+    w = World(count=1, cold_s=3.0, max_replicas=10)
+    for _ in range(5):
+        w.tick(20.0)
+    m = w.stage.metrics
+    # a burst fills the queue; nothing was shed or served late yet
+    w.stage.batcher.n = int(CAPACITY * BUDGET)  # a full budget's worth of work for one replica
+    w.now += 1.0
+    w.scaler.step(w.now)
+    assert m.shed == 0 and m.late == 0
+    assert w.rs.target > 1
+    assert "to drain" in w.scaler.log[-1].reason
+
+
 def test_misses_alone_scale_up_before_the_cost_is_learned() -> None:
     w = World(count=1, cold_s=2.0, max_replicas=4)
     w.stage.cost = CostModel()  # nothing learned yet, no service times either
