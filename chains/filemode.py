@@ -85,12 +85,12 @@ async def run_file(
         t_loaded = time.monotonic()
         print(f"[{chain.name}] loaded in {t_loaded - t_start:.1f} s", file=out)
         async for o in rt.stream(value):
-            if o.name == "error":
+            if o.is_error:
                 ev: ErrorEvent = o.value
                 failures += 1
                 print(f"\nerror in node {ev.node!r} ({ev.code}): {ev.message}", file=err or sys.stderr)
                 continue
-            if o.name == "events":
+            if o.is_event:
                 continue
             if isinstance(o.value, AudioFrame):
                 audio.append(o.value)
