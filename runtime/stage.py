@@ -148,24 +148,13 @@ class Stage:
         if lim.in_use < lim.capacity and not lim._waiters:  # try_acquire, inlined: the hot path
             lim.in_use += 1
         else:
-            m.queued += 1
-            try:
-                await lim.acquire(deadline)
-            finally:
-                m.queued -= 1
-            t1 = _mono()
-            m.queue_wait.observe(t1 - t0)
-            t0 = t1
+            t0 = await self._wait_slot(deadline, t0)
             if alive is not None and not alive():
                 lim.release()
                 m.stale += 1
                 raise StaleItem()
         if self.shed_late:
-            late = t0 + self.expected_service_s() - deadline
-            if late > 0:
-                lim.release()
-                m.shed += 1
-                raise Shed(self.name, late)
+            self._shed_if_hopeless(t0, deadline)
         try:
             if self.fast:
                 rs = self.replicas
@@ -207,20 +196,9 @@ class Stage:
         lim = self.limiter
         t0 = _mono()
         if not lim.try_acquire():
-            m.queued += 1
-            try:
-                await lim.acquire(deadline)
-            finally:
-                m.queued -= 1
-            t1 = _mono()
-            m.queue_wait.observe(t1 - t0)
-            t0 = t1
+            t0 = await self._wait_slot(deadline, t0)
         if self.shed_late:
-            late = t0 + self.expected_service_s() - deadline
-            if late > 0:
-                lim.release()
-                m.shed += 1
-                raise Shed(self.name, late)
+            self._shed_if_hopeless(t0, deadline)
         rs = self.replicas
         try:
             r = rs.acquire(route)
@@ -247,6 +225,26 @@ class Stage:
             if t1 > deadline:
                 m.late += 1
         m.consecutive_errors = 0
+
+    async def _wait_slot(self, deadline: float, since: float) -> float:
+        """Wait for a slot in deadline order; when it came (the queue wait is counted)."""
+        m = self.metrics
+        m.queued += 1
+        try:
+            await self.limiter.acquire(deadline)
+        finally:
+            m.queued -= 1
+        now = _mono()
+        m.queue_wait.observe(now - since)
+        return now
+
+    def _shed_if_hopeless(self, start: float, deadline: float) -> None:
+        """``on_late="shed"``: an item that cannot finish by its deadline gives its slot back."""
+        late = start + self.expected_service_s() - deadline
+        if late > 0:
+            self.limiter.release()
+            self.metrics.shed += 1
+            raise Shed(self.name, late)
 
     def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
         """Queue one item of a batched map; its session awaits the returned future (so it
