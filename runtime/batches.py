@@ -9,15 +9,37 @@ retries within the deadline and error accounting stay in runtime/stage.py.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import anyio
 
 from chains.errors import NodeError
-from runtime.batcher import BatchItem, fail_future
+from runtime.batcher import Batcher, BatchItem, fail_future
+from runtime.costmodel import CostModel
+from runtime.limiter import DeadlineLimiter
+from runtime.metrics import StageMetrics
 
-if TYPE_CHECKING:
-    from runtime.stage import Stage
+
+class Stage(Protocol):
+    """What running batches needs of its stage (runtime/stage.py)."""
+
+    name: str
+    batcher: Batcher | None
+    limiter: DeadlineLimiter
+    metrics: StageMetrics
+    cost: CostModel
+    log: Any
+
+    async def _call_with_retries(
+        self, args: tuple[Any, ...], deadline: float, route: Any, count: int = 1
+    ) -> Any: ...
+
+    async def _attempt(self, args: tuple[Any, ...], route: Any, count: int = 1) -> Any: ...
+
+    def _failed(self, r: Any, exc: BaseException, count: int = 1) -> NodeError: ...
+
+    def failed(self, exc: BaseException) -> NodeError: ...
+
 
 _mono = time.monotonic
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -26,9 +26,23 @@ from chains.graph import Graph
 from chains.messages import Control
 from chains.spec import Shape
 from runtime.batcher import StaleItem
+from runtime.metrics import ChainMetrics
+from runtime.stage import Stage
 
-if TYPE_CHECKING:
-    from runtime.engine import Runtime
+
+class Runtime(Protocol):
+    """What a direct call needs of its runtime (runtime/engine.py)."""
+
+    graph: Graph
+    stages: list[Stage]
+    metrics: ChainMetrics
+    budget_s: float | None
+    sessions: dict[str, Any]
+
+    def admit(self, extra: int = 0) -> None: ...
+
+    def session_ended(self, sid: str) -> None: ...
+
 
 _ids = itertools.count(1)
 _mono = time.monotonic

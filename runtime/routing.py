@@ -18,12 +18,22 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import xxhash
 
-if TYPE_CHECKING:
-    from runtime.replicas import Replica
+
+class Replica(Protocol):
+    """What a router sees of a replica (runtime/replicas.py has the real one)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def instance(self) -> Any: ...
 
 
 class Route:

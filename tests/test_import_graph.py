@@ -157,9 +157,8 @@ def test_the_connection_no_longer_imports_the_server() -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="type-only cycles left to their owners (imports under TYPE_CHECKING): "
-    "runtime.replicas <-> runtime.routing, runtime.batches <-> runtime.stage, "
-    "runtime.calls <-> runtime.engine, transport.remote.host <-> transport.remote.hostlink",
+    reason="type-only cycle left (imports under TYPE_CHECKING): "
+    "transport.remote.host <-> transport.remote.hostlink",
 )
 def test_no_cycle_through_type_only_imports() -> None:
     assert cycles(("module", "type")) == []
@@ -195,11 +194,6 @@ def _line_counts() -> dict[str, int]:
     }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="kept soft while the runtime refactor settles (all modules were under the limit "
-    "at 10:57 UTC on 2 Dec; make it strict once the refactor is merged)",
-)
 def test_runtime_and_transport_modules_are_small() -> None:
     over = {m: n for m, n in _line_counts().items() if n > MAX_LINES}
     assert over == {}
