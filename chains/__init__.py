@@ -39,6 +39,7 @@ from chains.messages import (
 )
 from chains.models import ModelRef
 from chains.node import Chain, NodeClass, NodeDef, NodeTemplate, chain, node
+from chains.outputs import Output
 from chains.spec import Batch
 from chains.streams import Stream
 
@@ -49,7 +50,7 @@ def __getattr__(name: str) -> object:
     """``chains.Runtime``, ``chains.Session``, ``chains.Output``, ``chains.Client`` and
     ``chains.serve``: the runtime's and the transport's public faces, imported on first
     use (those layers themselves import this vocabulary)."""
-    if name in ("Runtime", "Output", "Session"):
+    if name in ("Runtime", "Session"):
         import runtime
 
         return getattr(runtime, name)
