@@ -118,12 +118,12 @@ class ErrorEvent(Message, frozen=True):
 
 __all__ = [
     "AudioFrame",
+    "ConfirmTurn",
     "Control",
     "Embedding",
     "EndOfTurn",
     "Entities",
     "Entity",
-    "ConfirmTurn",
     "ErrorEvent",
     "Interrupt",
     "Message",
