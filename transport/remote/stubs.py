@@ -108,12 +108,15 @@ class LinkProvider:
         raise NotImplementedError
 
     async def start(self, rid: int) -> Stub:
+        return await self.link(await self.url_for(rid), rid)
+
+    async def link(self, url: str, rid: int) -> Stub:
+        """A stub over a new link to ``url``, its tasks in this provider's task group."""
         if self._tg is None:
             raise RuntimeError(
                 f"the provider of remote node {self.node!r} is not running: the runtime starts "
                 "its run() in the runtime's task group before starting replicas"
             )
-        url = await self.url_for(rid)
         link = RemoteLink(url, self.spec, self.node, self.out_window)
         await self._tg.start(link.run, name=f"remote-link:{self.node}:{rid}")
         self.links.add(link)

@@ -1,0 +1,187 @@
+"""The Ray backend on a real 3-node Ray cluster on this machine (``ray.cluster_utils``).
+
+One cluster for the module (3 nodes of 1 CPU, custom resources ``node_a``/``node_b``/
+``node_c`` and ``worker`` on the two non-head nodes). The same chain file gives the same
+outputs in process, with a remote stage and on the cluster; stages land where their
+resources say; killing a replica's actor or removing a whole node loses nothing
+silently and service comes back without restarting the driver.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import chains  # noqa: E402
+from chains import Text  # noqa: E402
+from runtime.engine import Runtime  # noqa: E402
+from tests.ray_fixtures import live, pipeline  # noqa: E402
+from tests.transport_fixtures import node_server  # noqa: E402
+from transport.remote import with_remotes  # noqa: E402
+
+pytestmark = pytest.mark.ray
+FIXTURES = "tests/ray_fixtures.py"
+HANG_GUARD_S = 90  # not a speed assertion: a failure to recover must fail, not hang
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
+    c.add_node(num_cpus=1, resources={"node_b": 1, "worker": 1})
+    c.add_node(num_cpus=1, resources={"node_c": 1, "worker": 1})
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="chains", log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+async def outputs_by_name(chain: Any, *inputs: Any, **running: Any) -> dict[str, list[Any]]:
+    got: dict[str, list[Any]] = defaultdict(list)
+    async with chains.running(chain, **running):
+        async for o in chains.stream(chain, *inputs):
+            got[o.name].append(o.value)
+    return dict(got)
+
+
+def node_of_resource(name: str) -> str:
+    return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(name))
+
+
+async def test_the_same_chain_gives_the_same_outputs_everywhere(cluster: Any):
+    doc = Text(text="hello big world skip boom end and more words to batch")
+    local = await outputs_by_name(pipeline, doc)
+    with node_server(f"{FIXTURES}:pipeline", "measure") as url:
+        remote = await outputs_by_name(with_remotes(pipeline, {"measure": url}), doc)
+    on_ray = await outputs_by_name(pipeline, doc, ray=cluster.address)
+    assert local["error"][0].code == "node_error" and "boom" in local["error"][0].message
+    assert Text(text="SKIP:4") not in local["output"]
+    assert len(local["output"]) == 10
+    assert remote == local
+    assert on_ray == local
+
+
+async def test_stages_land_where_their_resources_say(cluster: Any):
+    async with chains.running(pipeline, ray=cluster.address) as rt:
+        assert await chains.call(pipeline, Text(text="a bb")) == [Text(text="A:1"), Text(text="BB:2")]
+        placed = {}
+        for st in rt.stages:
+            (rid, actor), = st.replicas.provider.actors.items()
+            assert [r.id for r in st.replicas.replicas] == [rid]
+            placed[st.name] = (await actor.where.remote())["node_id"]
+    assert placed == {
+        "split_words": node_of_resource("node_a"),
+        "measure": node_of_resource("node_b"),
+        "label": node_of_resource("node_c"),
+    }
+
+
+async def _live_sessions(rt: Runtime, n_sessions: int, items: int, during: Any) -> list[dict[str, Any]]:
+    """``n_sessions`` sessions each streaming ``items`` numbers (every 10 ms) and reading
+    every output; ``during(rt, sessions)`` runs once all have started."""
+    results: list[dict[str, Any]] = []
+    started = anyio.Event()
+    opened: list[Any] = []
+
+    async def one(i: int) -> None:
+        async with rt.session() as sess:
+            res = {"id": sess.id, "sent": 0, "outputs": [], "errors": []}
+            results.append(res)
+            opened.append(sess)
+            if len(opened) == n_sessions:
+                started.set()
+
+            async def feed() -> None:
+                for x in range(items):
+                    await sess.send(x)
+                    res["sent"] += 1
+                    await anyio.sleep(0.01)
+                sess.close_inputs()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(feed)
+                async for o in sess:
+                    (res["errors"] if o.name == "error" else res["outputs"]).append(o.value)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n_sessions):
+            tg.start_soon(one, i)
+        await started.wait()
+        await during(rt, opened)
+    return results
+
+
+async def test_killing_a_replica_loses_nothing_silently(cluster: Any):
+    rs_box: dict[str, Any] = {}
+
+    async def kill_one(rt: Runtime, sessions: list[Any]) -> None:
+        await anyio.sleep(0.15)
+        rs = rt.stages[0].replicas
+        victim = rs.ready[0]
+        rs_box["pinned"] = {s.id: rs.router.pinned(s.id) for s in sessions}
+        rs_box["victim"] = victim
+        ray.kill(rs.provider.actors[victim.id], no_restart=False)
+
+    with anyio.fail_after(HANG_GUARD_S):
+        async with chains.running(live, ray=cluster.address) as rt:
+            rs = rt.stages[0].replicas
+            assert len(rs.ready) == 2
+            results = await _live_sessions(rt, 50, 40, kill_one)
+            # Service comes back: Ray restarts the actor, the set relinks it.
+            while len(rs.ready) < 2:
+                await anyio.sleep(0.05)
+            after = await _live_sessions(rt, 10, 5, lambda rt, s: anyio.sleep(0))
+    pinned, victim = rs_box["pinned"], rs_box["victim"]
+    on_victim = {sid for sid, r in pinned.items() if r is victim}
+    assert on_victim and len(on_victim) < len(results)
+    lost = 0
+    for res in results:
+        # Every accepted input ends as an output or an explicit error.
+        assert len(res["outputs"]) + len(res["errors"]) == res["sent"] == 40
+        assert len(set(res["outputs"])) == len(res["outputs"])
+        assert set(res["outputs"]) <= set(range(1, 41))
+        if res["id"] not in on_victim:
+            assert res["errors"] == [], res  # sessions on the other replica lose nothing
+        for e in res["errors"]:
+            assert e.code in ("replica_lost", "no_replica"), e
+        lost += len(res["errors"])
+    assert lost >= 1  # the killed replica had items in flight: they failed, no hang
+    assert rs.rebuilds >= 1
+    assert all(r["errors"] == [] and len(r["outputs"]) == 5 for r in after)
+
+
+async def test_removing_a_node_loses_nothing_silently(cluster: Any):
+    """The two ``worker`` nodes each host one replica; the whole node of one goes away
+    (its actor with it, so Ray restarts it on a node added in its place)."""
+    with anyio.fail_after(HANG_GUARD_S):
+        async with chains.running(live, ray=cluster.address) as rt:
+            rs = rt.stages[0].replicas
+            where = {r.id: (await rs.provider.actors[r.id].where.remote())["node_id"] for r in rs.ready}
+            assert len(set(where.values())) == 2  # spread over both worker nodes
+            gone = next(n for n in cluster.worker_nodes if n.unique_id == next(iter(where.values())))
+            box: dict[str, Any] = {}
+
+            async def remove(rt: Runtime, sessions: list[Any]) -> None:
+                await anyio.sleep(0.15)
+                box["node"] = cluster.add_node(num_cpus=1, resources={"worker": 1})
+                cluster.remove_node(gone)
+
+            results = await _live_sessions(rt, 20, 40, remove)
+            while len(rs.ready) < 2:
+                await anyio.sleep(0.05)
+            after = await _live_sessions(rt, 10, 5, lambda rt, s: anyio.sleep(0))
+    for res in results:
+        assert len(res["outputs"]) + len(res["errors"]) == res["sent"] == 40
+        for e in res["errors"]:
+            assert e.code in ("replica_lost", "no_replica"), e
+    assert sum(len(r["errors"]) for r in results) >= 1
+    assert all(r["errors"] == [] and len(r["outputs"]) == 5 for r in after)
