@@ -32,7 +32,7 @@ from tests.transport_fixtures import (
     slow_stream,
     spelling,
 )
-from transport.remote import links_of, with_remotes
+from transport.remote import hosting, links_of, with_remotes
 from transport.server import serve
 
 pytestmark = pytest.mark.anyio
@@ -237,3 +237,15 @@ async def test_an_items_remaining_budget_travels_to_the_remote_stage():
         await outputs_by_name(with_remotes(remote_map, {"shout_word": url}), Text(text="a b c"))
         _, _, body = await aget(url.replace("ws://", "http://") + "healthz")
     assert json.loads(body)["stats"]["budgeted_calls"] == 3
+
+
+async def test_the_hosts_metrics_need_the_token_and_healthz_does_not():
+    async with hosting(remote_map, "shout_word", token="s3cret") as (_, url):
+        base = url.replace("ws://", "http://")
+        status, _, _ = await aget(base + "metrics")
+        assert status == 401
+        status, _, body = await aget(base + "metrics", {"Authorization": "Bearer s3cret"})
+        assert status == 200 and b"chains_" in body
+        status, _, body = await aget(base + "healthz")
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "ok" and health["replicas"]["ready"] == 1

@@ -14,27 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
-import json
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs
 
 import anyio
 import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from chains.errors import ChainError
 from runtime.logs import get_logger
 from runtime.metrics import COLLECTOR, ChainMetrics, prometheus_text
 from runtime.stage import make_stages
-from transport import http
+from transport.http import http_endpoints
 from transport.remote.hostlink import HostLink
 from transport.remote.wire import (
     PROTOCOL_VERSION,
@@ -149,11 +145,12 @@ class NodeHost:
             )
         return None
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: unhealthy while the stage fails repeatedly or no replica is ready."""
         m = self.stage.metrics
         rs = self.stage.replicas
         healthy = m.healthy and bool(rs.ready)
-        return healthy, {
+        return {
             "status": "ok" if healthy else "unhealthy",
             "node": self.gnode.name,
             "shape": self.shape.value,
@@ -162,37 +159,6 @@ class NodeHost:
             "sessions": sum(len(link.sessions) for link in self.links),
             "stats": self.stats,
         }
-
-
-def _http(host: NodeHost, token: str | None):
-    def process_request(conn: ServerConnection, request: Request) -> Response | None:
-        if http.is_websocket(request):
-            return None
-        path, _, query = request.path.partition("?")
-        if path == "/metrics":
-            if not _authorized(request, query, token):
-                return http.response(401, b"unauthorized\n", http.TEXT)
-            return http.response(200, prometheus_text(), http.PROMETHEUS)
-        if path == "/healthz":
-            healthy, body = host.health()
-            return http.response(
-                200 if healthy else 503, json.dumps(body).encode() + b"\n", "application/json"
-            )
-        return http.response(404, b"not found\n", http.TEXT)
-
-    return process_request
-
-
-def _authorized(request: Request, query: str, token: str | None) -> bool:
-    """The bearer token (header, or ``?token=``), compared in constant time."""
-    if token is None:
-        return True
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    else:
-        given = (parse_qs(query).get("token") or [""])[0]
-    return hmac.compare_digest(given.encode(), token.encode())
 
 
 @contextlib.asynccontextmanager
@@ -217,7 +183,7 @@ async def hosting(
             port,
             compression=None,
             max_size=None,
-            process_request=_http(nh, token or None),
+            process_request=http_endpoints(prometheus_text, nh.health, token),
             ping_interval=20,
         )
         try:
