@@ -443,6 +443,7 @@ async def amain(cfg: Config, args: Any) -> None:
                 f"(|err| {extra['abs_error_tokens_per_request']:.0f} tok/req) "
                 f"{s['requests_per_s']:.2f} req/s"
                 f"  per replica {extra['per_replica']}  guard overrides {extra['guard_overrides']}"
+                f"  mean prompt {statistics.fmean(r.prompt for r in recs):.0f} tokens"
                 + (
                     f"  re-rendered history diverges in {sum(1 for g in gap if g)}/{len(gap)} turns, "
                     f"mean {statistics.fmean(gap):.0f} tokens"
