@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--only", required=True, metavar="NODE")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, required=True)
+    s.add_argument(
+        "--token", default=os.environ.get("CHAINS_TOKEN"), help="require this token for /metrics"
+    )
 
     g = sub.add_parser("graph", help="print the chain's DAG as Mermaid text")
     g.add_argument("target", metavar="FILE[:CHAIN]")
@@ -169,7 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from transport.remote import serve_node
 
     chain = load_chain(args.target)
-    asyncio.run(serve_node(chain, args.only, args.host, args.port))
+    asyncio.run(serve_node(chain, args.only, args.host, args.port, token=args.token))
     return 0
 
 

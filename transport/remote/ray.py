@@ -51,7 +51,7 @@ from transport.remote.stubs import LinkProvider, RemoteChain, Stub, StubTemplate
 
 RELINK_WITHIN_S = 60.0  # a restarted actor must be linked again within this
 START_TIMEOUT_S = float(os.environ.get("CHAINS_RAY_START_TIMEOUT_S", "300"))  # placement + model load
-PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CHAINS_HOME", "CHAINS_LOG_LEVEL")
+PASSED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CHAINS_HOME", "CHAINS_LOG_LEVEL", "CHAINS_TOKEN")
 
 
 # --- the actor -------------------------------------------------------------------------------
@@ -81,7 +81,8 @@ class NodeActor:
         try:
             chain = load_chain(target)
             ip = ray.util.get_node_ip_address()
-            async with hosting(chain, node, host=ip, port=0) as (_, url):
+            token = os.environ.get("CHAINS_TOKEN")  # the driver's, for the host's /metrics
+            async with hosting(chain, node, host=ip, port=0, token=token) as (_, url):
                 self._url = url
                 ready.set()
                 await anyio.sleep_forever()
