@@ -9,7 +9,10 @@ silently and service comes back without restarting the driver.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +29,7 @@ from transport.remote import with_remotes  # noqa: E402
 
 pytestmark = pytest.mark.ray
 FIXTURES = "tests/ray_fixtures.py"
+ROOT = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 90  # not a speed assertion: a failure to recover must fail, not hang
 
 
@@ -83,6 +87,24 @@ async def test_stages_land_where_their_resources_say(cluster: Any):
         "measure": node_of_resource("node_b"),
         "label": node_of_resource("node_c"),
     }
+
+
+def test_the_cli_runs_the_same_file_on_the_cluster(cluster: Any, tmp_path: Path):
+    """``chains run FILE --ray ADDRESS --input doc.txt``: another driver process, same outputs."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("hello big world skip boom end\n")
+
+    def run(*extra: str) -> tuple[int, list[str]]:
+        cmd = ["chains", "run", f"{FIXTURES}:pipeline", "--input", str(doc), "--no-verify", *extra]
+        p = subprocess.run(
+            [sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
+        lines = (p.stdout + p.stderr).splitlines()
+        return p.returncode, [x for x in lines if x.startswith(("output:", "error in node"))]
+
+    local = run()
+    assert local[1][:2] == ["output: HELLO:5", "output: BIG:3"] and any("boom" in x for x in local[1])
+    assert run("--ray", cluster.address) == local
 
 
 async def _live_sessions(rt: Runtime, n_sessions: int, items: int, during: Any) -> list[dict[str, Any]]:

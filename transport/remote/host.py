@@ -48,13 +48,24 @@ class NodeHost:
     """One node's stage, served to any number of links.
 
     Retries happen at the caller (where a retry can go to another replica), so the
-    host's stage tries each item once; its timeout applies here, per attempt."""
+    host's stage tries each item once; its timeout applies here, per attempt.
+    ``replicas`` overrides the node's own count (a Ray actor hosts exactly one)."""
 
-    def __init__(self, chain: Any, node_name: str, *, calls: int = 256, feed_window: int = 16):
+    def __init__(
+        self,
+        chain: Any,
+        node_name: str,
+        *,
+        calls: int = 256,
+        feed_window: int = 16,
+        replicas: int | None = None,
+    ):
         graph = chain.graph
         self.chain_name = graph.name
         gnode = graph.node(node_name)
         opts = msgspec.structs.replace(gnode.spec.options, retries=0)
+        if replicas is not None:  # one Ray actor is one replica: no more, no autoscaling here
+            opts = msgspec.structs.replace(opts, replicas=replicas, min_replicas=None, max_replicas=None)
         self.gnode = dataclasses.replace(gnode, spec=dataclasses.replace(gnode.spec, options=opts))
         self.spec = self.gnode.spec
         self.shape = self.spec.shape

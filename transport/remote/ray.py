@@ -82,7 +82,7 @@ class NodeActor:
             chain = load_chain(target)
             ip = ray.util.get_node_ip_address()
             token = os.environ.get("CHAINS_TOKEN")  # the driver's, for the host's /metrics
-            async with hosting(chain, node, host=ip, port=0, token=token) as (_, url):
+            async with hosting(chain, node, host=ip, port=0, token=token, replicas=1) as (_, url):
                 self._url = url
                 ready.set()
                 await anyio.sleep_forever()
