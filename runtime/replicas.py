@@ -131,6 +131,8 @@ class ReplicaSet:
         self.spec = spec
         self.name = spec.name
         self.provider = provider
+        if hasattr(provider, "watch"):  # a provider that sees a replica die (a dropped link) says so
+            provider.watch(self)
         self.router: Router = router or LeastBusy()
         opts = spec.options
         self.target = count if count is not None else max(opts.replicas, opts.min_replicas or 1)

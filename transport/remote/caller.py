@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -69,8 +69,16 @@ CONNECT_TIMEOUT_S = 10.0
 class RemoteLink:
     """One connection to a replica's host: send frames, route replies."""
 
-    def __init__(self, url: str, spec: NodeSpec, node: str, out_window: int = OUT_WINDOW):
+    def __init__(
+        self,
+        url: str,
+        spec: NodeSpec,
+        node: str,
+        out_window: int = OUT_WINDOW,
+        on_lost: Callable[[RemoteLink], None] | None = None,
+    ):
         self.url = url
+        self.on_lost = on_lost  # told once when an established link drops
         self.spec = spec
         self.node = node
         self.out_window = out_window
@@ -86,6 +94,7 @@ class RemoteLink:
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
         self.dead: NodeError | None = None
+        self.dropped = False  # the connection ended on its own (not closed by us)
         self.stats = {"calls": 0, "max_waiting": 0, "max_inbox": 0}
         self.log = get_logger(node=node, component="remote_link")
 
@@ -93,16 +102,19 @@ class RemoteLink:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, then serve the link until it drops or is closed (start it with ``tg.start``:
         a failed connection raises ``ModelError`` to the starter)."""
+        started = False
         try:
             with anyio.CancelScope() as self._scope:
                 ws = await self._connect()
                 try:
                     task_status.started()
+                    started = True
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._writer, ws, tg.cancel_scope)
                         await self._reader(ws)
                         tg.cancel_scope.cancel()
                 except Exception as e:  # a broken link loses its replica, never its owner's tasks
+                    self.dropped = True
                     self.log.warning("link_failed", url=self.url, error=f"{type(e).__name__}: {e}")
                     self._fail_all(self._lost(f"{type(e).__name__}: {e}"))
                 finally:
@@ -112,6 +124,8 @@ class RemoteLink:
         finally:
             self._fail_all(self.dead or self._lost("the link was closed"))
             self._done.set()
+            if self.on_lost is not None and started and self.dropped:
+                self.on_lost(self)
 
     async def close(self) -> None:
         """Stop the link (its calls in flight fail) and wait until its tasks are gone."""
@@ -170,6 +184,7 @@ class RemoteLink:
                 frames = await self.out.take()
                 await ws.send(encode_frames(frames))
         except ConnectionClosed:
+            self.dropped = True
             self._fail_all(self._lost(f"{self.url} closed the link"))
             scope.cancel()
 
@@ -180,6 +195,7 @@ class RemoteLink:
                     continue
                 for f in decode_frames(raw):
                     self._route(f)
+        self.dropped = True
         self._fail_all(self._lost(f"{self.url} closed the link"))
 
     def _route(self, f: Any) -> None:

@@ -91,6 +91,7 @@ class LinkProvider:
         self.out_window = out_window
         self.links: set[RemoteLink] = set()
         self._tg: Any = None
+        self._set: Any = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Host the links' tasks until cancelled (the runtime starts this in its task group
@@ -103,6 +104,19 @@ class LinkProvider:
         finally:
             self._tg = None
             self.links.clear()
+
+    def watch(self, replicas: Any) -> None:
+        """The replica set this provider serves: a link that drops reports its replica lost
+        at once (not at its next call), so no new item is sent to it."""
+        self._set = replicas
+
+    def _link_lost(self, link: RemoteLink) -> None:
+        rs = self._set
+        if rs is None or link.dead is None:
+            return
+        for r in rs.replicas:
+            if isinstance(r.instance, Stub) and r.instance.link is link:
+                rs.lost(r, link.dead)
 
     async def url_for(self, rid: int) -> str:
         raise NotImplementedError
@@ -117,7 +131,7 @@ class LinkProvider:
                 f"the provider of remote node {self.node!r} is not running: the runtime starts "
                 "its run() in the runtime's task group before starting replicas"
             )
-        link = RemoteLink(url, self.spec, self.node, self.out_window)
+        link = RemoteLink(url, self.spec, self.node, self.out_window, on_lost=self._link_lost)
         await self._tg.start(link.run, name=f"remote-link:{self.node}:{rid}")
         self.links.add(link)
         return self.stub_cls(link)
