@@ -40,7 +40,7 @@ import ray  # noqa: E402
 
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
-from tests.ray_fixtures import batched_chain, hop, hop_chain  # noqa: E402
+from tests.ray_fixtures import batched_chain, hop_chain  # noqa: E402
 from transport.remote import with_remotes  # noqa: E402
 from transport.remote.ray import with_ray  # noqa: E402
 
@@ -66,10 +66,10 @@ async def session_hop(chain: Any, n: int) -> list[float]:
 
 @ray.remote(num_cpus=0)
 class PlainActor:
-    """The same node function, called per item as a Ray actor method."""
+    """The same stage's work (it returns its item), called per item as a Ray actor method."""
 
     async def call(self, x: int) -> int:
-        return await hop(x)
+        return x
 
 
 async def ray_call_hop(n: int) -> list[float]:
@@ -91,7 +91,7 @@ async def serve_hop(n: int) -> list[float]:
     @serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {"node_b": 0.01}})
     class HopDeployment:
         async def __call__(self, x: int) -> int:
-            return await hop(x)
+            return x
 
     serve.start(proxy_location="Disabled")
     handle = serve.run(HopDeployment.bind(), name="hop", route_prefix=None)
