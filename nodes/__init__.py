@@ -7,6 +7,7 @@ of a first run (see ``nodes.resolve``).
 """
 
 from nodes.embed import Embed
+from nodes.extract import VLLMExtract
 from nodes.llm import VLLMChat
 from nodes.ner import SpacyNER
 from nodes.sentences import sentences
@@ -14,4 +15,4 @@ from nodes.tts import PiperTTS
 from nodes.vad import SileroVAD
 from nodes.whisper import WhisperSTT
 
-__all__ = ["Embed", "PiperTTS", "SileroVAD", "SpacyNER", "VLLMChat", "WhisperSTT", "sentences"]
+__all__ = ["Embed", "PiperTTS", "SileroVAD", "SpacyNER", "VLLMChat", "VLLMExtract", "WhisperSTT", "sentences"]
