@@ -16,7 +16,6 @@ import random
 from typing import Any
 
 import anyio
-import pytest
 
 import chains
 from runtime.autoscale import Autoscaler, queued
@@ -306,8 +305,7 @@ class GatedProvider:
         return False
 
 
-@pytest.mark.parametrize("cold_ticks", [1])
-async def test_run_scales_the_real_replica_set_and_counts_the_cold_start(cold_ticks: int) -> None:
+async def test_run_scales_the_real_replica_set_and_counts_the_cold_start() -> None:
     node_spec = spec(max_replicas=4)
     provider = GatedProvider()
     rs = ReplicaSet(node_spec, provider, count=1)
