@@ -134,6 +134,7 @@ class ReplicaSet:
         if hasattr(provider, "watch"):  # a provider that sees a replica die (a dropped link) says so
             provider.watch(self)
         self.router: Router = router or LeastBusy()
+        self.router_learns = getattr(self.router, "learns", False)
         opts = spec.options
         self.target = count if count is not None else max(opts.replicas, opts.min_replicas or 1)
         self.max_restarts = spec.options.max_restarts if max_restarts is None else max_restarts
@@ -151,7 +152,7 @@ class ReplicaSet:
     def acquire(self, route: Route | None = None) -> Replica:
         """A ready replica for one call (the router's choice); ``release`` it after."""
         ready = self.ready
-        if len(ready) == 1:
+        if len(ready) == 1 and not self.router_learns:
             r = ready[0]
         elif ready:
             r = self.router.choose(ready, route)

@@ -62,6 +62,11 @@ class Route:
 
 
 class Router(Protocol):
+    """A routing policy. ``learns``: it keeps what it saw (sessions, prefixes), so it must
+    be asked even when only one replica is ready, or it starts cold when a second comes."""
+
+    learns: bool
+
     def choose(self, replicas: Sequence[Replica], route: Route | None) -> Replica:
         """One of ``replicas`` (never empty, all ready) for the item ``route`` describes."""
         ...
@@ -82,6 +87,8 @@ def _least_busy(replicas: Sequence[Replica]) -> Replica:
 class LeastBusy:
     """The replica with the fewest calls in flight (the first of equals)."""
 
+    learns = False
+
     def choose(self, replicas: Sequence[Replica], route: Route | None) -> Replica:
         return _least_busy(replicas)
 
@@ -92,6 +99,8 @@ class LeastBusy:
 class RoundRobin:
     """Each ready replica in turn. The turn follows replica ids, not list positions, so a
     replica joining or leaving does not make the others skip or repeat a turn."""
+
+    learns = False
 
     def __init__(self) -> None:
         self._last = -1  # id of the replica served last
@@ -113,6 +122,8 @@ class Sticky:
     the conversation so far). A session whose replica is gone or not ready is
     pinned afresh. The pin table is an LRU capped at ``max_sessions``, since the
     router is not told when a session ends."""
+
+    learns = True
 
     def __init__(self, max_sessions: int = 100_000) -> None:
         self.max_sessions = max_sessions
@@ -237,6 +248,8 @@ class PrefixAware:
     ``kv_block_size`` / ``kv_cache_blocks`` (ints), else the constructor's values hold.
     Items without tokens (no ``route_tokens`` on the node) go to the least busy replica.
     """
+
+    learns = True
 
     def __init__(
         self,

@@ -100,6 +100,7 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
     ready = stage.replicas.ready
     serve = stage.serve
     live = _Live(sess, sess.epoch)  # one per turn, not one per item
+    learns = stage.replicas.router_learns
     # The hot path of every pass-through hop: next_live's receive and the epoch check
     # are inlined here on purpose (a call per item shows in benchmarks/overhead.py).
     while True:
@@ -130,7 +131,8 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
         if len(ready) > 1 or ready is not stage.replicas.ready:
             ready = stage.replicas.ready
         try:
-            result = await serve(args, deadline, stage.route(sid, args) if len(ready) > 1 else None, live)
+            route = stage.route(sid, args) if len(ready) > 1 or learns else None
+            result = await serve(args, deadline, route, live)
         except StaleItem:
             continue
         except Exception as e:

@@ -122,7 +122,7 @@ class Stage:
     def route(self, session: str, args: tuple[Any, ...]) -> Route | None:
         """What the router sees of an item; None when there is nothing to choose from."""
         rs = self.replicas
-        if len(rs.ready) < 2:
+        if len(rs.ready) < 2 and not rs.router_learns:
             return None
         tokens_of = getattr(rs.ready[0].instance, "route_tokens", None) if self.spec.is_class else None
         return Route(session, args, tokens_of)
@@ -159,7 +159,7 @@ class Stage:
             if self.fast:
                 rs = self.replicas
                 ready = rs.ready
-                if len(ready) == 1:  # ReplicaSet.acquire, inlined for the common case
+                if len(ready) == 1 and route is None:  # ReplicaSet.acquire, inlined
                     r = ready[0]
                     r.inflight += 1
                 else:

@@ -414,3 +414,23 @@ async def test_a_remote_stage_counts_late_and_shed_items_as_in_process(on_late: 
             # stage's service time too) or the host's; counted once either way.
             assert codes == ["shed"] * 3 and m.items == 1
             assert m.shed + rt.stages[0].metrics.shed == 3
+
+
+async def test_a_learning_router_is_asked_with_one_replica_so_a_session_keeps_it_after_scale_out() -> None:
+    model = ModelFake("sticky", router="sticky")
+
+    @chains.chain
+    def c(xs: Stream[str]):
+        return model.cls()(xs)
+
+    async with chains.running(c) as rt, rt.session() as s:
+        await s.send("a")
+        assert (await s.receive()).value == "a@0"
+        rs = rt.stages[0].replicas
+        rs.scale_to(2)
+        await wait_until(lambda: len(rs.ready) == 2, what="scaled out")
+        for x in ("b", "c", "d"):
+            await s.send(x)
+            assert (await s.receive()).value == f"{x}@0"  # pinned while it was alone
+        s.close_inputs()
+        await drain(s)
