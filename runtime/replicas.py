@@ -38,13 +38,12 @@ ReplicaState = Literal["loading", "ready", "lost", "draining", "stopped"]
 class Replica:
     """One server of a node, with its load and its state."""
 
-    __slots__ = ("id", "inflight", "instance", "restarts", "served", "started", "state")
+    __slots__ = ("id", "inflight", "instance", "restarts", "started", "state")
 
     def __init__(self, rid: int):
         self.id = rid
         self.instance: Any = None
         self.inflight = 0
-        self.served = 0
         self.restarts = 0
         self.state: ReplicaState = "loading"
         self.started = time.monotonic()
@@ -163,7 +162,6 @@ class ReplicaSet:
 
     def release(self, r: Replica) -> None:
         r.inflight -= 1
-        r.served += 1
         if r.state != "ready":
             self.released_unready(r)
 

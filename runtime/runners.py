@@ -97,10 +97,10 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
     m = stage.metrics
     node_budget = stage.budget_s
     sid = sess.id
-    ready = stage.replicas.ready
+    rs = stage.replicas
     serve = stage.serve
     live = _Live(sess, sess.epoch)  # one per turn, not one per item
-    learns = stage.replicas.router_learns
+    learns = rs.router_learns
     # The hot path of every pass-through hop: next_live's receive and the epoch check
     # are inlined here on purpose (a call per item shows in benchmarks/overhead.py).
     while True:
@@ -128,10 +128,8 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
             continue
         if live.epoch != env.epoch:
             live = _Live(sess, env.epoch)
-        if len(ready) > 1 or ready is not stage.replicas.ready:
-            ready = stage.replicas.ready
         try:
-            route = stage.route(sid, args) if len(ready) > 1 or learns else None
+            route = stage.route(sid, args) if learns or len(rs.ready) > 1 else None
             result = await serve(args, deadline, route, live)
         except StaleItem:
             continue

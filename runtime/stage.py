@@ -170,13 +170,15 @@ class Stage:
                     raise self._failed(r, e) from e
                 finally:
                     r.inflight -= 1  # ReplicaSet.release, inlined for a ready replica
-                    r.served += 1
                     if r.state != "ready":
                         rs.released_unready(r)
             else:
                 result = await self._call_with_retries(args, deadline, route)
         finally:
-            lim.release()
+            if lim._waiters or lim.in_use > lim.capacity:
+                lim.release()
+            else:  # DeadlineLimiter.release, inlined: nobody waits
+                lim.in_use -= 1
         t1 = _mono()
         m.service.observe(t1 - t0)
         m.items += 1
