@@ -21,7 +21,7 @@ example's value is checked against the constraint when the chain is defined.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -50,7 +50,8 @@ def example_reply(c: Constraint, value: Any) -> str:
 @chains.node(concurrency=16, device="auto")
 class VLLMExtract(VLLMBase):
     """``VLLMExtract(schema=T | choice=[...] | regex=... | grammar=..., system=..., examples=[...],
-    model="smollm2", **engine_and_sampling_options)``: a map from ``chains.Text`` to the value."""
+    prompt_style="chat" | "plain", model="smollm2", **engine_and_sampling_options)``: a map
+    from ``chains.Text`` to the value."""
 
     default_max_tokens = 256
 
@@ -64,12 +65,14 @@ class VLLMExtract(VLLMBase):
         regex: str | None = None,
         grammar: str | None = None,
         examples: Sequence[tuple[str, Any]] = (),
+        prompt_style: Literal["chat", "plain"] = "chat",
         **options: Any,
     ):
         auto_max = "max_tokens" not in options
         super().__init__(system, model, schema=schema, choice=choice, regex=regex, grammar=grammar, **options)
         c = self.constraint
         assert c is not None  # chains_check refused a node without one
+        self.prompt_style = prompt_style
         self.shots: list[dict[str, str]] = []
         for text, value in examples:
             self.shots += [
@@ -87,6 +90,12 @@ class VLLMExtract(VLLMBase):
         if all(arguments.get(k) is None for k in kinds):
             raise chains.ChainError(
                 "needs a constraint: schema=T (a msgspec.Struct), choice=[...], regex=... or grammar=...",
+                node=name,
+                where=caller(),
+            )
+        if arguments.get("prompt_style", "chat") not in ("chat", "plain"):
+            raise chains.ChainError(
+                f"prompt_style must be 'chat' or 'plain', got {arguments['prompt_style']!r}",
                 node=name,
                 where=caller(),
             )
@@ -109,14 +118,23 @@ class VLLMExtract(VLLMBase):
                     f"examples[{i}] breaks the constraint: {e}", node=name, where=caller()
                 ) from e
 
-    def prompt(self, text: str) -> list[int]:
+    def render(self, text: str) -> str:
+        """The prompt text: the chat template, or (``prompt_style="plain"``) a plain
+        ``Q: ... / A: ...`` completion, which a very small model continues more reliably."""
+        if self.prompt_style == "plain":
+            head = f"{self.system}\n\n" if self.system else ""
+            pairs = zip(self.shots[::2], self.shots[1::2], strict=True)
+            shots = "".join(f"Q: {q['content']}\nA: {a['content']}\n\n" for q, a in pairs)
+            return f"{head}{shots}Q: {text}\nA:"
         messages = [
             {"role": "system", "content": self.system},
             *self.shots,
             {"role": "user", "content": text},
         ]
-        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = list(self.tokenizer.encode(rendered, add_special_tokens=False))
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt(self, text: str) -> list[int]:
+        ids = list(self.tokenizer.encode(self.render(text), add_special_tokens=False))
         budget = self.max_model_len - self.max_tokens
         if len(ids) > budget:
             raise chains.NodeError(

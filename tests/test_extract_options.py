@@ -79,6 +79,7 @@ def test_the_chat_checks_its_options_too() -> None:
         ({"schema": Ticket, "speculative_config": "ngram"}, "dict"),
         ({"schema": Ticket, "gpu": 0.5, "gpu_memory_utilization": 0.3}, "either gpu or"),
         ({"schema": Ticket, "gpu": 1.5}, "share of the GPU"),
+        ({"choice": ["a", "b"], "prompt_style": "raw"}, "prompt_style"),
     ],
 )
 def test_bad_options_are_chain_errors_at_definition(kwargs: dict[str, Any], match: str) -> None:
