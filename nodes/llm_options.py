@@ -54,6 +54,7 @@ ENGINE_OPTIONS: dict[str, str] = {
 NODE_ENGINE_OPTIONS: dict[str, str] = {
     "kv_cache_gib": "KV cache size in GiB on CPU (sets VLLM_CPU_KVCACHE_SPACE)",
     "gpu": "GPU share of a replica: becomes gpu_memory_utilization when that is not given",
+    "share_engine": "True (default): one engine per model and options in a process; False: its own",
 }
 # Sampling defaults (fields of ``vllm.SamplingParams``) a node applies to every request.
 SAMPLING_OPTIONS: dict[str, str] = {
@@ -199,7 +200,13 @@ def _check_values(node: str, engine: dict[str, Any], sampling: dict[str, Any]) -
     if "kv_cache_gib" in engine:
         v = engine["kv_cache_gib"]
         want(isinstance(v, int | float) and v > 0, "kv_cache_gib", "must be a size in GiB > 0", v)
-    for name in ("enable_prefix_caching", "enable_chunked_prefill", "enforce_eager", "trust_remote_code"):
+    for name in (
+        "enable_prefix_caching",
+        "enable_chunked_prefill",
+        "enforce_eager",
+        "trust_remote_code",
+        "share_engine",
+    ):
         if name in engine:
             want(isinstance(engine[name], bool), name, "must be True or False", engine[name])
     for name in ("speculative_config", "structured_outputs_config"):

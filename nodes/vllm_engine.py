@@ -59,13 +59,17 @@ def on_gpu() -> bool:
         return False
 
 
-def engine_args(path: str, options: dict[str, Any]) -> dict[str, Any]:
+def engine_args(path: str, options: dict[str, Any], owner: object = None) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments: chains' defaults for a local model, then the
     node's engine options. ``kv_cache_gib`` (CPU KV cache, an environment variable for
     vLLM) stays in the result for the registry to apply; ``gpu`` becomes
-    ``gpu_memory_utilization`` when that is not given."""
+    ``gpu_memory_utilization`` when that is not given. ``share_engine=False`` keys the
+    engine to ``owner`` (a replica of its own: several replicas of one node in a
+    process then have an engine each, for KV-cache-aware routing between them)."""
     opts = dict(options)
     gpu = opts.pop("gpu", None)
+    if not opts.pop("share_engine", True):
+        opts["chains_owner"] = id(owner)
     args: dict[str, Any] = {
         "model": path,
         "tokenizer": path,
@@ -133,6 +137,7 @@ def _build(entry: SharedEngine) -> None:
     # The CPU KV cache is sized by an environment variable the engine process reads
     # when it starts (a GPU sizes it from gpu_memory_utilization/kv_cache_memory_bytes).
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.pop("kv_cache_gib"))
+    args.pop("chains_owner", None)  # only part of the registry key
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown a CLI's output
     entry.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 

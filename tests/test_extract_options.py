@@ -148,6 +148,10 @@ def test_engine_args_defaults_and_gpu_share(monkeypatch: pytest.MonkeyPatch) -> 
     assert vllm_engine.engine_args("/m", {"gpu": 0.4})["gpu_memory_utilization"] == 0.4
     assert vllm_engine.engine_args("/m", {})["gpu_memory_utilization"] == 0.3
     assert vllm_engine.engine_args("/m", {"gpu_memory_utilization": 0.6})["gpu_memory_utilization"] == 0.6
+    a, b = object(), object()
+    assert vllm_engine.engine_args("/m", {}, a) == vllm_engine.engine_args("/m", {}, b)  # shared
+    own_a = vllm_engine.engine_args("/m", {"share_engine": False}, a)
+    assert own_a != vllm_engine.engine_args("/m", {"share_engine": False}, b)  # an engine each
 
 
 # --- the shared-engine registry on a fake engine ------------------------------------------
