@@ -18,7 +18,7 @@ class NodeContext:
     private to this (session, node) pair (``state``), and the session's settings
     shared by every node (``meta``: e.g. ``output_sample_rate`` a client asked for)."""
 
-    __slots__ = ("_epoch", "deadline", "meta", "node", "session_id", "state")
+    __slots__ = ("_epoch", "cached_tokens", "deadline", "meta", "node", "session_id", "state")
 
     def __init__(
         self,
@@ -36,6 +36,10 @@ class NodeContext:
         # time.monotonic() by which the item being served is due at this node (inf: no
         # budget); set by the runtime per item for maps, so a remote stage can forward it
         self.deadline = float("inf")
+        # An LLM node that learns how many prompt tokens its engine served from the KV
+        # cache for the item in hand sets this (vLLM's ``num_cached_tokens``); the runtime
+        # reads it after the call to check its prefix-aware router's prediction.
+        self.cached_tokens: int | None = None
 
     @property
     def epoch(self) -> int:
@@ -56,6 +60,11 @@ def context() -> NodeContext:
     if ctx is None:
         raise RuntimeError("chains.context() is only available inside a running node")
     return ctx
+
+
+def current_context() -> NodeContext | None:
+    """The context of the node call in progress, or None (the runtime's own use)."""
+    return _current.get()
 
 
 def set_context(ctx: NodeContext | None) -> contextvars.Token:

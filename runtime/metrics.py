@@ -104,6 +104,7 @@ class StageMetrics:
         self.replicas_loading = 0
         self.replicas_lost = 0
         self.replica_rebuilds = 0  # counter: lost replicas started again
+        self.prefix: Any = None  # a prefix-aware router's PrefixStats (predicted vs actual cache hits)
 
     UNHEALTHY_AFTER = 10
 
@@ -134,6 +135,7 @@ class StageMetrics:
             "service_ms": self.service.summary(1000.0),
             "batch_size": self.batch_size.summary(),
             "first_output_ms": self.first_output.summary(1000.0),
+            **({"prefix_routing": self.prefix.snapshot()} if self.prefix is not None else {}),
         }
 
 
@@ -220,6 +222,11 @@ class MetricsCollector:
         rebuilds = CounterMetricFamily(
             "chains_stage_replica_rebuilds", "Lost replicas started again", labels=["chain", "node"]
         )
+        prefix = CounterMetricFamily(
+            "chains_stage_prefix_tokens",
+            "Prefix-aware routing: prompt tokens routed, predicted cached, reported cached by the engine",
+            labels=["chain", "node", "kind"],
+        )
         for c in list(self.chains.values()):
             sessions.add_metric([c.chain], c.sessions_active)
             total.add_metric([c.chain], c.sessions_total)
@@ -242,6 +249,10 @@ class MetricsCollector:
                 replicas.add_metric([*lab, "loading"], s.replicas_loading)
                 replicas.add_metric([*lab, "lost"], s.replicas_lost)
                 rebuilds.add_metric(lab, s.replica_rebuilds)
+                if s.prefix is not None:
+                    prefix.add_metric([*lab, "prompt"], s.prefix.prompt_tokens)
+                    prefix.add_metric([*lab, "predicted_cached"], s.prefix.predicted_tokens)
+                    prefix.add_metric([*lab, "engine_cached"], s.prefix.actual_cached_tokens)
         yield from (
             sessions,
             total,
@@ -260,6 +271,7 @@ class MetricsCollector:
             bsz,
             replicas,
             rebuilds,
+            prefix,
         )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
+from chains.context import current_context
 from chains.errors import NodeError, ReplicaLost
 from chains.graph import GraphNode
 from chains.spec import Shape
@@ -105,6 +106,7 @@ class Stage:
         m = self.metrics
         m.replicas_ready, m.replicas_loading, m.replicas_lost = c["ready"], c["loading"], c["lost"]
         m.replica_rebuilds = rs.rebuilds
+        m.prefix = getattr(rs.router, "stats", None)
 
     # --- deadlines ------------------------------------------------------------------
     def deadline(self, chain_deadline: float, now: float) -> float:
@@ -208,6 +210,9 @@ class Stage:
             lim.release()
             raise
         first = True
+        ctx = current_context() if route is not None else None
+        if ctx is not None:
+            ctx.cached_tokens = None
         try:
             agen = r.instance(*args)
             async with contextlib.aclosing(agen):
@@ -226,7 +231,17 @@ class Stage:
             m.items += 1
             if t1 > deadline:
                 m.late += 1
+            if ctx is not None and ctx.cached_tokens is not None:
+                self._observe_cache(route, ctx.cached_tokens)  # type: ignore[arg-type]
         m.consecutive_errors = 0
+
+    def _observe_cache(self, route: Route, cached: int) -> None:
+        """The engine said how many prompt tokens it served from its cache: the router's
+        prediction for this item is checked against it (exported with the stage)."""
+        stats = getattr(self.replicas.router, "stats", None)
+        if stats is not None:
+            tokens = route.tokens
+            stats.observe_actual(cached, route.predicted_cached, len(tokens) if tokens is not None else None)
 
     async def _wait_slot(self, deadline: float, since: float) -> float:
         """Wait for a slot in deadline order; when it came (the queue wait is counted)."""

@@ -434,3 +434,32 @@ async def test_a_learning_router_is_asked_with_one_replica_so_a_session_keeps_it
             assert (await s.receive()).value == f"{x}@0"  # pinned while it was alone
         s.close_inputs()
         await drain(s)
+
+
+async def test_engine_cache_hits_reported_by_a_node_check_the_prefix_routers_prediction() -> None:
+    @chains.node(replicas=2, router="prefix")
+    class Llm:
+        def route_tokens(self, prompt: str) -> list[int]:
+            return [ord(c) for c in prompt]
+
+        async def __call__(self, prompt: str) -> AsyncIterator[str]:
+            chains.context().cached_tokens = 32  # what the engine said it had cached
+            yield prompt.upper()
+
+    @chains.chain
+    def c(prompt: str):
+        return Llm()(prompt)
+
+    from runtime.metrics import prometheus_text
+
+    shared = "x" * 64  # four full 16-token blocks
+    async with chains.running(c) as rt:
+        for i in range(3):
+            assert await rt.call(shared + str(i)) == [(shared + str(i)).upper()]
+        stats = rt.stages[0].metrics.prefix
+        assert stats is not None and stats.observed == 3
+        assert stats.actual_cached_tokens == 96
+        assert stats.predicted_tokens == 128  # the 2nd and 3rd went where the 1st did
+        assert rt.stages[0].metrics.snapshot()["prefix_routing"]["requests"] == 3
+        text = prometheus_text().decode()
+        assert 'chains_stage_prefix_tokens_total{chain="c",kind="engine_cached",node="Llm"} 96.0' in text
