@@ -14,7 +14,8 @@ calls that are its own and returns None for the others) -> merged -> Piper.
 The model is SmolLM2-135M: tiny. Unconstrained it answers in free prose that no
 program can route; constrained, every reply is a valid intent and a valid
 ``Caller``. Being right is the prompt's job: it gives examples (few-shot) rather
-than instructions, which such a small model follows far better. The sample calls
+than instructions, which such a small model follows far better, and the intent's
+examples are a plain Q/A completion rather than chat turns (see below). The sample calls
 in demos/assets/calls/ (synthesised by make_calls.py) are checked in
 tests/integration/test_structured.py.
 """
@@ -50,7 +51,11 @@ class Call(chains.Message, frozen=True):
     caller: Caller
 
 
-# Few-shot: examples of each intent, interleaved so no label comes last by habit.
+# Few-shot, as a plain "Q: ... / A: intent" completion with no instruction at all.
+# Measured on nine caller lines (docs/MODELS-notes.md): SmolLM2-135M got 8/9 right
+# this way, 3/9 with the same examples as chat turns (it answered "billing" to
+# everything), and an instruction on top made it worse. The examples interleave the
+# intents.
 INTENT_EXAMPLES = [
     ("Hi, I'm Tom. Why is my bill so high this month?", "billing"),
     ("My phone won't connect to the network.", "support"),
@@ -62,10 +67,6 @@ INTENT_EXAMPLES = [
     ("I want to end my service with you.", "cancel"),
     ("My email has not worked since yesterday.", "support"),
 ]
-INTENT_SYSTEM = (
-    "Give the caller's intent: billing (bills, charges, refunds), support (something does not work) "
-    "or cancel (end the service)."
-)
 CALLER_EXAMPLES = [
     (
         "Hi, I'm Tom Baker. Why is my bill so high this month?",
@@ -126,7 +127,7 @@ def cancel(c: Call) -> Text | None:
 def callrouter(audio: Stream[AudioFrame]):
     heard = WhisperSTT(model="tiny.en")(SileroVAD()(audio))
     text = transcripts(heard)
-    intent = VLLMExtract(system=INTENT_SYSTEM, choice=INTENTS, examples=INTENT_EXAMPLES)(text)
+    intent = VLLMExtract(system="", choice=INTENTS, examples=INTENT_EXAMPLES, prompt_style="plain")(text)
     caller = VLLMExtract(system=CALLER_SYSTEM, schema=Caller, examples=CALLER_EXAMPLES, max_tokens=64)(text)
     routed = call(intent, caller)
     reply = chains.merge(billing(routed), support(routed), cancel(routed))

@@ -73,6 +73,8 @@ class VLLMExtract(VLLMBase):
         c = self.constraint
         assert c is not None  # chains_check refused a node without one
         self.prompt_style = prompt_style
+        if prompt_style == "plain" and c.kind in ("choice", "regex"):
+            self.constraint = c = msgspec.structs.replace(c, lead_space=True)
         self.shots: list[dict[str, str]] = []
         for text, value in examples:
             self.shots += [

@@ -83,16 +83,25 @@ class Constraint(msgspec.Struct, frozen=True):
     kind: ConstraintKind
     spec: Any  # the JSON schema (dict), the choices (list), the regex or the grammar (str)
     type: Any = None  # the msgspec type a "json" constraint decodes into
+    # Allow one space before a choice or a regex match (dropped when decoding): after a
+    # plain "A:" prompt the model's likeliest next token is " billing", not "billing".
+    lead_space: bool = False
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.sampling_params.StructuredOutputsParams``."""
         if self.kind == "json":
             # Compact JSON: no whitespace runs for a small model to loop in, fewer tokens.
             return {"json": self.spec, "disable_any_whitespace": True}
+        if self.lead_space and self.kind == "choice":
+            return {"regex": " ?(" + "|".join(re.escape(c) for c in self.spec) + ")"}
+        if self.lead_space and self.kind == "regex":
+            return {"regex": f" ?(?:{self.spec})"}
         return {self.kind: self.spec}
 
     def decode(self, text: str) -> Any:
         """The value ``text`` stands for; ``ValueError`` when it does not satisfy the constraint."""
+        if self.lead_space and self.kind in ("choice", "regex") and text.startswith(" "):
+            text = text[1:]
         if self.kind == "json":
             try:
                 return msgspec.json.decode(text, type=self.type)

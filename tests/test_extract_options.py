@@ -132,6 +132,9 @@ def test_constraint_decode_validates() -> None:
     assert r is not None and r.decode("555-1234") == "555-1234"
     with pytest.raises(ValueError, match="does not match"):
         r.decode("555-12345")
+    lead = msgspec.structs.replace(make_constraint("n", choice=["a.b", "c"]), lead_space=True)  # type: ignore[arg-type]
+    assert lead.params() == {"regex": r" ?(a\.b|c)"}
+    assert lead.decode(" a.b") == "a.b" and lead.decode("c") == "c"
     ch = make_constraint("n", choice=["yes", "no"])
     assert ch is not None
     with pytest.raises(ValueError, match="not one of"):
