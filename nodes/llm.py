@@ -53,6 +53,7 @@ guard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 from collections.abc import AsyncIterator, Sequence
@@ -160,6 +161,18 @@ class VLLMBase:
         """The vLLM ``AsyncLLM`` (shared with the other nodes of this model)."""
         return None if self.shared is None else self.shared.engine
 
+    @property
+    def kv_block_size(self) -> int | None:
+        """The engine's KV block size in tokens (for prefix-aware routing)."""
+        cfg = getattr(getattr(self.engine, "vllm_config", None), "cache_config", None)
+        return getattr(cfg, "block_size", None)
+
+    @property
+    def kv_cache_blocks(self) -> int | None:
+        """How many KV blocks the engine holds (the prefix router's LRU capacity)."""
+        cfg = getattr(getattr(self.engine, "vllm_config", None), "cache_config", None)
+        return getattr(cfg, "num_gpu_blocks", None)
+
     def alive(self) -> bool:
         """False once the engine died (the runtime then rebuilds this replica)."""
         return self.shared is not None and not self.shared.dead
@@ -224,12 +237,16 @@ class VLLMBase:
                 queue.put_nowait(e)
 
         task = asyncio.create_task(pump(), name=f"vllm:{request_id}")
+        first = True
         try:
             while (out := await queue.get()) is not None:
                 if isinstance(out, Exception):
                     if isinstance(out, EngineDeadError) or self.shared.dead:
                         raise self._lost(f"{type(out).__name__}: {out}") from out
                     raise out
+                if first:
+                    first = False
+                    _report_cached(out)
                 yield out
         finally:
             if not task.done():
@@ -237,6 +254,16 @@ class VLLMBase:
                 task.cancel()
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait([task])
+
+
+def _report_cached(out: Any) -> None:
+    """Tell the runtime how many prompt tokens the engine served from its KV cache, so a
+    prefix-aware router's prediction is checked against the engine's own figure."""
+    cached = getattr(out, "num_cached_tokens", None)
+    if cached is None:
+        return
+    with contextlib.suppress(RuntimeError):  # outside a node call (a benchmark, a test)
+        chains.context().cached_tokens = cached
 
 
 class ChatSession:
