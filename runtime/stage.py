@@ -367,6 +367,18 @@ def _always() -> bool:
     return True
 
 
+def _router_name(n: GraphNode) -> str | None:
+    """The node's ``router=``; unset, prefix-aware for a node that exposes its prompt's
+    tokens (an LLM) and may have several replicas, least busy otherwise."""
+    opts = n.spec.options
+    if opts.router is not None:
+        return opts.router
+    many = opts.replicas > 1 or (opts.max_replicas or 1) > 1
+    if many and n.spec.is_class and callable(getattr(n.spec.impl, "route_tokens", None)):
+        return "prefix"
+    return None
+
+
 def make_stages(
     chain_name: str,
     nodes: list[GraphNode],
@@ -387,6 +399,6 @@ def make_stages(
             provider = (
                 make_provider(n.spec) if make_provider is not None else LocalProvider(n.spec, n.template)
             )
-            rs = sets[key] = ReplicaSet(n.spec, provider, router=make_router(n.spec.options.router))
+            rs = sets[key] = ReplicaSet(n.spec, provider, router=make_router(_router_name(n)))
         stages.append(Stage(chain_name, n, rs, stage_metrics(n.name), batch_policy))
     return stages, list(sets.values())

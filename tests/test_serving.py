@@ -463,3 +463,30 @@ async def test_engine_cache_hits_reported_by_a_node_check_the_prefix_routers_pre
         assert rt.stages[0].metrics.snapshot()["prefix_routing"]["requests"] == 3
         text = prometheus_text().decode()
         assert 'chains_stage_prefix_tokens_total{chain="c",kind="engine_cached",node="Llm"} 96.0' in text
+
+
+def test_an_llm_like_node_with_replicas_routes_by_prefix_unless_told_otherwise() -> None:
+    from runtime.metrics import ChainMetrics
+    from runtime.routing import LeastBusy, PrefixAware
+    from runtime.stage import make_stages
+
+    def build(**options: Any) -> Any:
+        @chains.node(**options)
+        class Llm:
+            def route_tokens(self, prompt: str) -> list[int]:
+                return [1, 2, 3]
+
+            async def __call__(self, prompt: str) -> str:
+                return prompt
+
+        @chains.chain
+        def c(prompt: str):
+            return Llm()(prompt)
+
+        _, sets = make_stages("c", c.graph.nodes, ChainMetrics("c").stage)
+        return sets[0].router
+
+    assert isinstance(build(replicas=2), PrefixAware)
+    assert isinstance(build(min_replicas=1, max_replicas=3), PrefixAware)
+    assert isinstance(build(), LeastBusy)  # one replica: nothing to choose
+    assert isinstance(build(replicas=2, router="least_busy"), LeastBusy)
