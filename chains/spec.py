@@ -60,7 +60,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     timeout_ms: float | None = None
     on_late: OnLate = "serve"
     # --- replicas: routing, scaling, placement, supervision (DESIGN.md "Replicas") ---
-    router: RouterName | None = None  # None: least busy ("prefix" for nodes that expose route tokens)
+    router: RouterName | None = None  # None: least busy; "prefix" for an LLM node with several replicas
     min_replicas: int | None = None  # autoscaling bounds: set either to let the stage scale
     max_replicas: int | None = None
     target_utilization: float = 0.7  # the autoscaler's aim for busy slots / all slots
