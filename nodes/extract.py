@@ -81,8 +81,11 @@ class VLLMExtract(VLLMBase):
                 {"role": "user", "content": text},
                 {"role": "assistant", "content": example_reply(c, value)},
             ]
-        if auto_max and c.kind == "choice":  # the longest choice and its end-of-sequence token
-            self.max_tokens = max(len(self.tokenizer.encode(x, add_special_tokens=False)) for x in c.spec) + 2
+        if auto_max and c.kind == "choice":
+            # Room for the longest choice spelled one character per token (the mask allows
+            # any tokens that spell it, and a model may take "supp"+"or"+"t" rather than
+            # the one token "support": seen here), a leading space and the end token.
+            self.max_tokens = max(len(x) for x in c.spec) + 2
         self.calls = 0
 
     @classmethod
