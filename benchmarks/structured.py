@@ -4,13 +4,16 @@
         --json out/structured.json --plot out/structured.png
 
 SmolLM2-135M behind one vLLM engine, asked to fill a ``Ticket`` JSON object from a
-fixed set of caller lines (few-shot, the same prompt either way):
+fixed set of caller lines (the same prompt either way):
 
 - validity: the share of replies that parse and validate into ``Ticket``, with the
-  JSON-schema constraint and without it (all prompts at once, the engine batching);
-- time to first token, one request at a time: the first request of a schema never
-  seen before (its grammar is compiled then; one fresh schema per sample), later
-  constrained requests, and unconstrained ones (p50);
+  JSON-schema constraint and without it (all prompts at once, the engine batching),
+  zero-shot: the system prompt names the keys, no example reply (the figure in the
+  JSON); with one example reply the share is printed too;
+- time to first token, one request at a time, each on a caller line not sent before
+  (so the prefix cache holds the shared system prompt only): the first request of
+  a schema never seen before (its grammar is compiled then; one fresh schema per
+  sample), later constrained requests, and unconstrained ones (p50);
 - decode tokens/s of one stream after its first token, with and without the mask.
 
 ``--json`` writes exactly ``{"valid_constrained", "valid_unconstrained", "ttft_ms":
@@ -93,35 +96,54 @@ def valid(text: str) -> bool:
         return False
 
 
+def fresh_prompts(n: int, tag: str) -> list[str]:
+    """Lines no request has sent yet (the engine's prefix cache holds the ones it saw)."""
+    return [
+        f"Caller {tag}{k}: {NAMES[k % len(NAMES)]} says {ISSUES[k % len(ISSUES)]} (ref {tag}{k})."
+        for k in range(n)
+    ]
+
+
 async def run(samples: int) -> dict[str, Any]:
     from nodes import VLLMExtract
-    from nodes.extract import example_reply
 
-    constrained = VLLMExtract(system=SYSTEM, schema=Ticket, examples=EXAMPLES, max_tokens=64).instantiate()
-    free = VLLMExtract(system=SYSTEM, schema=Ticket, examples=EXAMPLES, max_tokens=64).instantiate()
-    free.constraint = None  # the same prompt, decoded without the mask
+    def ticket(examples: list[Any]) -> Any:
+        return VLLMExtract(system=SYSTEM, schema=Ticket, examples=examples, max_tokens=64).instantiate()
+
+    constrained, free, shot_c, shot_f = ticket([]), ticket([]), ticket(EXAMPLES), ticket(EXAMPLES)
+    free.constraint = shot_f.constraint = None  # the same prompts, decoded without the mask
     firsts = [
         VLLMExtract(system=SYSTEM, schema=fresh_schema(i), max_tokens=32).instantiate()
         for i in range(samples)
     ]
-    nodes = [constrained, free, *firsts]
+    nodes = [constrained, free, shot_c, shot_f, *firsts]
     for n in nodes:
         await n.setup()  # one shared engine
     try:
-        print(f"example reply: {example_reply(constrained.constraint, EXAMPLES[0][1])}")
-        # validity: every prompt at once, constrained and not
-        c_out, f_out = await asyncio.gather(
-            asyncio.gather(*(constrained.raw(p) for p in PROMPTS)),
-            asyncio.gather(*(free.raw(p) for p in PROMPTS)),
-        )
-        valid_c = sum(valid(t) for t, _ in c_out) / len(PROMPTS)
-        valid_f = sum(valid(t) for t, _ in f_out) / len(PROMPTS)
-        print(f"unconstrained sample: {f_out[0][0]!r}")
-        # TTFT and decode speed, one request at a time
-        first_ms = [(await timed(n, n.prompt(PROMPTS[0]), n.params(stream=True)))[0] for n in firsts]
+        # validity: every prompt at once, constrained and not; zero-shot (the JSON keys
+        # are only described), then with one example reply
+        share: dict[str, float] = {}
+        for name, node in (
+            ("zero-shot c", constrained),
+            ("zero-shot u", free),
+            ("1-shot c", shot_c),
+            ("1-shot u", shot_f),
+        ):
+            out = await asyncio.gather(*(node.raw(p) for p in PROMPTS))
+            share[name] = sum(valid(t) for t, _ in out) / len(PROMPTS)
+            print(f"{name}: valid {share[name]:.2f}, e.g. {out[0][0]!r:.120}")
+        # TTFT and decode speed, one request at a time, each on a line never sent before;
+        # the first request of a schema (compiling its grammar) has the same prompt form
+        fresh = fresh_prompts(3 * max(samples, 10), "t")
+        first_ms = [
+            (await timed(n, constrained.prompt(fresh[k]), n.params(stream=True)))[0]
+            for k, n in enumerate(firsts)
+        ]
         stats: dict[str, list[tuple[float, float, int]]] = {"constrained": [], "unconstrained": []}
-        for p in PROMPTS[: max(samples, 10)]:
-            for name, node in (("constrained", constrained), ("unconstrained", free)):
+        rest = fresh[len(firsts) :]
+        for k in range(0, len(rest) - 1, 2):
+            order = (("constrained", constrained), ("unconstrained", free))
+            for (name, node), p in zip(order if k % 4 == 0 else order[::-1], rest[k : k + 2], strict=True):
                 stats[name].append(await timed(node, node.prompt(p), node.params(stream=True)))
     finally:
         for n in nodes:
@@ -130,9 +152,17 @@ async def run(samples: int) -> dict[str, Any]:
     def tps(rows: list[tuple[float, float, int]]) -> float:
         return sum(n - 1 for _, _, n in rows) / sum(d for _, d, _ in rows)
 
+    print(
+        f"validity with one example: constrained {share['1-shot c']:.2f}, "
+        f"unconstrained {share['1-shot u']:.2f}"
+    )
+    print(
+        f"tokens per reply: constrained {statistics.median(n for *_, n in stats['constrained'])}, "
+        f"unconstrained {statistics.median(n for *_, n in stats['unconstrained'])}"
+    )
     return {
-        "valid_constrained": valid_c,
-        "valid_unconstrained": valid_f,
+        "valid_constrained": share["zero-shot c"],
+        "valid_unconstrained": share["zero-shot u"],
         "ttft_ms": {
             "constrained_first": statistics.median(first_ms),
             "constrained": statistics.median(t for t, _, _ in stats["constrained"]),
