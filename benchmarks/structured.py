@@ -184,7 +184,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
         color=["C0", "C1"],
     )
     ax[0].set_ylim(0, 1.05)
-    ax[0].set_title(f"valid Ticket JSON ({len(PROMPTS)} prompts)")
+    ax[0].set_title(f"valid Ticket JSON, zero-shot ({len(PROMPTS)} prompts)")
     t = r["ttft_ms"]
     ax[1].bar(
         ["constrained\n(new schema)", "constrained", "unconstrained"],
