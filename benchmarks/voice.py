@@ -25,7 +25,10 @@ and ``pause`` (Piper saying "What is the capital of", 300 ms of silence, then
 "France?"): with speculation its first pause starts a speculative turn that the
 rest of the question must abandon; ``abandoned_replies_sent`` counts reply outputs
 of abandoned turns that reached the client (must be 0) and ``transcripts`` shows
-what was answered.
+what was answered. And ``mixed`` for N=4: session i asks its own question
+(question.wav, then three in Piper's voice), since four callers do not say the
+same thing; four identical clips are a case of their own for Whisper (see
+nodes/whisper.py), which ``4:spec+clause:question`` measures.
 
 vLLM's engine and worker are kept from spinning a core while they wait
 (nodes/spin.py); ``VOICE_BENCH_VLLM_SPIN=1`` leaves vLLM's own 1 s spin, to compare.
@@ -54,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from nodes.spin import quiet_vllm_in_children  # noqa: E402
 
 if not os.environ.get("VOICE_BENCH_VLLM_SPIN"):  # set it to measure vLLM's own 1 s spin
-    quiet_vllm_in_children()  # (in vLLM's spawned engine and worker, which re-import this script)
+    quiet_vllm_in_children(__name__)  # (in vLLM's spawned engine and worker, which re-import this script)
 
 import chains  # noqa: E402
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402
@@ -137,6 +140,16 @@ def pause_question(rt: Any) -> np.ndarray:
     )
 
 
+OTHER_QUESTIONS = ["How many legs does a spider have?", "Who wrote Romeo and Juliet?", "Is the sun a star?"]
+
+
+def other_questions(rt: Any) -> list[np.ndarray]:
+    """Three more questions in Piper's voice, for sessions that each ask their own."""
+    tts = instance(rt, "PiperTTS")
+    z = np.zeros
+    return [np.concatenate([z(int(0.25 * RATE)), tts.synthesize(q, RATE), z(RATE)]) for q in OTHER_QUESTIONS]
+
+
 def frames_of(x: np.ndarray) -> list[bytes]:
     pcm = float_to_pcm(np.concatenate([x, np.zeros(int(TAIL_S * RATE), np.float32)]))
     step = RATE // 50 * 2
@@ -215,6 +228,8 @@ async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dic
         print(f"models loaded in {time.monotonic() - t:.1f} s", flush=True)
         wavs = {"question": load_question(), "pause": pause_question(rt)}
         prepared = {k: (frames_of(x), speech_end_s(x)) for k, x in wavs.items()}
+        # "mixed": session i asks question i (question.wav, then three others)
+        mixed = [prepared["question"]] + [(frames_of(x), speech_end_s(x)) for x in other_questions(rt)]
         configure(rt, CONFIGS["baseline"])
         await one_session(rt, *prepared["question"])  # warm-up (first vLLM step compiles)
         for n, name, wav in plan:
@@ -225,7 +240,8 @@ async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dic
                 st.metrics = type(st.metrics)(st.metrics.chain, st.metrics.node)
             sessions: list[dict[str, Any]] = []
             for _ in range(repeats):
-                got = await asyncio.gather(*(one_session(rt, *prepared[wav]) for _ in range(n)))
+                inputs = [mixed[i % len(mixed)] if wav == "mixed" else prepared[wav] for i in range(n)]
+                got = await asyncio.gather(*(one_session(rt, *x) for x in inputs))
                 sessions.extend(got)
             res = {"n": n, "config": name, "wav": wav, **cfg, **summarise(sessions)}
             res["stt_strategy"] = stt.strategy
@@ -251,7 +267,7 @@ async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dic
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
-    rows = [r for r in runs if r["wav"] == "question"]
+    rows = [r for r in runs if (r["n"], r["wav"]) in ((1, "question"), (4, "mixed"))]
     labels = [f"N={r['n']}\n{r['config']}" for r in rows]
     keys = ["eot", "transcript", "token", "audio"]
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(rows)), 4.5))
@@ -279,7 +295,8 @@ def main() -> None:
     elif args.quick:
         plan = [(1, c, "question") for c in ("baseline", "spec+clause", "all")] + [(1, "all", "pause")]
     else:
-        plan = one + [(4, c, "question") for c in ("baseline", "spec+clause", "all")]
+        plan = one + [(4, c, "mixed") for c in ("baseline", "spec+clause", "all")]
+        plan += [(4, "spec+clause", "question")]
     runs = asyncio.run(main_async(plan, 2 if args.quick else args.repeats))
     write_json(args.json, {"benchmark": "voice", "machine": machine(), "runs": runs})
     if args.plot:

@@ -36,7 +36,7 @@ from nodes.turn import transcripts
 
 # vLLM's engine and worker processes re-import this script: there, keep their queue
 # readers from spinning a core while they wait (nodes/spin.py).
-quiet_vllm_in_children()
+quiet_vllm_in_children(__name__)
 
 TURN_TAKING = {
     "speculative": True,

@@ -173,7 +173,7 @@ def test_end_of_turn_stays_within_its_bounds(base: float, lo: float, hi: float) 
 def test_adaptive_end_of_turn_waits_longer_after_and_shorter_after_a_question() -> None:
     def turn_end(words: str) -> int:
         class Board(TurnBoard):  # keeps the words for turn 1 whatever the VAD does
-            def words(self, turn: int) -> str | None:
+            def words(self, turn: int, *args: object) -> str | None:
                 return words
 
         tt = TurnTaking(min_silence_ms=480, adaptive=True, eot_min_ms=288, eot_max_ms=960)
@@ -184,6 +184,16 @@ def test_adaptive_end_of_turn_waits_longer_after_and_shorter_after_a_question() 
     assert turn_end("What is the capital of France?") == 9  # 288 ms
     assert turn_end("What is the capital of") == 30  # 960 ms
     assert turn_end("Paris") == 15  # 480 ms
+
+
+def test_words_of_a_snapshot_that_missed_the_end_of_the_speech_are_not_used() -> None:
+    board = TurnBoard()
+    board.post("What is the capital of", 1, audio_ms=600)
+    assert board.words(1, spoken_ms=800) == "What is the capital of"  # heard nearly all of it
+    assert board.words(1, spoken_ms=1500) is None  # the speech went on for 900 ms after it
+    board.post("What is the capital of France?", 1)  # the (speculative) turn's own transcript
+    assert board.words(1, spoken_ms=1500) == "What is the capital of France?"
+    assert board.words(2) is None
 
 
 def test_adaptive_bounds_are_checked() -> None:
