@@ -9,6 +9,7 @@ silently and service comes back without restarting the driver.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from collections import defaultdict
@@ -181,6 +182,33 @@ async def test_killing_a_replica_loses_nothing_silently(cluster: Any):
     assert all(r["errors"] == [] and len(r["outputs"]) == 5 for r in after)
 
 
+@pytest.mark.models
+def test_the_enrich_demo_gives_the_same_outputs_everywhere(cluster: Any):
+    """The real demo (spaCy NER and MiniLM embeddings, offline): in process, with the
+    embedding stage in another process, and on the cluster. Entities match exactly; the
+    embeddings to float rounding (another process may sum in another thread order)."""
+    from chains.loader import load_chain
+
+    enrich = load_chain("demos/enrich.py")
+    doc = Text(text="Ada Lovelace met Charles Babbage in London in 1833.")
+
+    async def one(chain: Any, **running: Any) -> Any:
+        async with chains.running(chain, **running):
+            return await chains.call(enrich, doc)
+
+    # A plain sync test, like the other model tests: the models' loaders leave helper
+    # threads (tqdm's monitor) that the async tests' leak check would report.
+    local = anyio.run(one, enrich)
+    with node_server("demos/enrich.py", "Embed") as url:
+        remote = anyio.run(one, with_remotes(enrich, {"Embed": url}))
+    on_ray = anyio.run(functools.partial(one, enrich, ray=cluster.address))
+    assert {e.text for e in local.entities} >= {"Ada Lovelace", "Charles Babbage", "London"}
+    for other in (remote, on_ray):
+        assert other.text == local.text and other.entities == local.entities
+        assert len(other.embedding) == len(local.embedding)
+        assert max(abs(a - b) for a, b in zip(other.embedding, local.embedding, strict=True)) < 1e-4
+
+
 async def test_removing_a_node_loses_nothing_silently(cluster: Any):
     """The two ``worker`` nodes each host one replica; the whole node of one goes away
     (its actor with it, so Ray restarts it on a node added in its place)."""
@@ -189,7 +217,7 @@ async def test_removing_a_node_loses_nothing_silently(cluster: Any):
             rs = rt.stages[0].replicas
             where = {r.id: (await rs.provider.actors[r.id].where.remote())["node_id"] for r in rs.ready}
             assert len(set(where.values())) == 2  # spread over both worker nodes
-            gone = next(n for n in cluster.worker_nodes if n.unique_id == next(iter(where.values())))
+            gone = next(n for n in cluster.worker_nodes if n.node_id == next(iter(where.values())))
             box: dict[str, Any] = {}
 
             async def remove(rt: Runtime, sessions: list[Any]) -> None:
