@@ -90,8 +90,9 @@ class Constraint(msgspec.Struct, frozen=True):
     def params(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.sampling_params.StructuredOutputsParams``."""
         if self.kind == "json":
-            # Compact JSON: no whitespace runs for a small model to loop in, fewer tokens.
-            return {"json": self.spec, "disable_any_whitespace": True}
+            # (whitespace: vLLM 0.32's backends read only the engine-level
+            # structured_outputs_config={"disable_any_whitespace": True}, not a request's)
+            return {"json": self.spec}
         if self.lead_space and self.kind == "choice":
             return {"regex": " ?(" + "|".join(re.escape(c) for c in self.spec) + ")"}
         if self.lead_space and self.kind == "regex":

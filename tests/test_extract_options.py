@@ -113,7 +113,6 @@ def test_option_split_and_constraint_params() -> None:
     c = make_constraint("n", schema=Ticket)
     assert c is not None and c.kind == "json"
     p = c.params()
-    assert p["disable_any_whitespace"] is True
     assert sorted(p["json"]["properties"]["intent"]["enum"]) == ["billing", "cancel", "support"]
     assert "$ref" not in p["json"]  # the top-level reference is inlined
     assert make_constraint("n") is None
