@@ -20,9 +20,11 @@ An experiment, off by default: with ``busy_s=0`` generation stalled for seconds
 (first token 5.1 s instead of 0.16 s at one session). The reader then parks on
 the writer's zmq notification, and a notification can be lost (the publisher
 keeps one message, drops the rest, while an older one is still pending), so the
-reader sleeps until its ~5 s safety timeout. benchmarks/voice.py measures a short
-spin (``VOICE_BENCH_VLLM_QUIET_MS``); a real fix belongs in vLLM (a configurable
-busy loop, or a notification that cannot be lost).
+reader sleeps until its ~5 s safety timeout. A 20 ms spin
+(``VOICE_BENCH_VLLM_QUIET_MS=20`` in benchmarks/voice.py) did not stall, but gained
+nothing measurable either (N=1 1532 against 1533 ms, N=4 2906 against 2647 ms on a
+noisy machine). A real fix belongs in vLLM (a configurable busy loop, or a
+notification that cannot be lost).
 """
 
 from __future__ import annotations
