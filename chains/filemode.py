@@ -90,8 +90,8 @@ async def run_file(
                 failures += 1
                 print(f"\nerror in node {ev.node!r} ({ev.code}): {ev.message}", file=err or sys.stderr)
                 continue
-            if o.is_event:
-                continue
+            if o.is_event or o.is_interim:
+                continue  # control events; words heard so far (the final transcript follows)
             if isinstance(o.value, AudioFrame):
                 audio.append(o.value)
                 continue

@@ -13,6 +13,10 @@ from typing import Any, NamedTuple
 ERROR = "error"
 EVENTS = "events"
 RESERVED = frozenset((ERROR, EVENTS))
+# A chain output the transport shows as the user's words: ``Text`` items are final, a
+# ``TextDelta`` with ``final=False`` is an interim transcript (words so far, replaced
+# by the next one), never a turn's output.
+TRANSCRIPT = "transcript"
 
 
 class Output(NamedTuple):
@@ -32,9 +36,15 @@ class Output(NamedTuple):
         return self.name == EVENTS
 
     @property
+    def is_interim(self) -> bool:
+        """An interim transcript: shown while the user speaks, then replaced."""
+        v = self.value
+        return self.name == TRANSCRIPT and getattr(v, "final", True) is False
+
+    @property
     def is_data(self) -> bool:
         """One of the chain's own outputs (neither an error nor a control event)."""
         return self.name not in RESERVED
 
 
-__all__ = ["ERROR", "EVENTS", "RESERVED", "Output"]
+__all__ = ["ERROR", "EVENTS", "RESERVED", "TRANSCRIPT", "Output"]

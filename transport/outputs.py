@@ -39,11 +39,9 @@ from chains.messages import (
     Text,
     TextDelta,
 )
-from chains.outputs import ERROR, EVENTS
+from chains.outputs import ERROR, EVENTS, TRANSCRIPT
 from transport.audio import Resampler
 from transport.protocol import Error, Event, Metrics, OutputMsg, TextOut, Transcript
-
-TRANSCRIPT = "transcript"
 
 Outgoing = bytes | msgspec.Struct
 ABANDONED = "speculation_abandoned"  # an Interrupt's reason when a speculative turn is dropped
