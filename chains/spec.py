@@ -29,16 +29,24 @@ from chains.streams import Stream
 
 class Batch(msgspec.Struct, frozen=True):
     """Batching for a batched map: at most ``max_size`` items, waiting at most
-    ``max_wait_ms`` for more to arrive."""
+    ``max_wait_ms`` for more to arrive.
+
+    An idle model takes what is there at once (waiting would leave it idle), unless
+    ``idle_wait_ms`` says items tend to come together (several callers ending their turn
+    at the same moment): then it waits that long for company, never past what the
+    earliest item's deadline allows."""
 
     max_size: int = 8
     max_wait_ms: float = 10.0
+    idle_wait_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
             raise ChainError(f"Batch.max_size must be >= 1, got {self.max_size}")
         if self.max_wait_ms < 0:
             raise ChainError(f"Batch.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.idle_wait_ms <= self.max_wait_ms:
+            raise ChainError(f"Batch.idle_wait_ms must be in [0, max_wait_ms], got {self.idle_wait_ms}")
 
 
 OnLate = Literal["shed", "serve"]

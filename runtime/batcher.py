@@ -69,6 +69,7 @@ class Batcher:
         *,
         max_size: int,
         max_wait_s: float,
+        idle_wait_s: float = 0.0,
         on_late: str,
         policy: Policy = "deadline",
         cost: CostModel | None = None,
@@ -77,6 +78,7 @@ class Batcher:
     ):
         self.max_size = max_size
         self.max_wait_s = max_wait_s
+        self.idle_wait_s = idle_wait_s
         self.on_late = on_late
         self.policy = policy
         self.cost = cost or CostModel()
@@ -151,9 +153,13 @@ class Batcher:
         window_end = oldest + self.max_wait_s
         if self.policy == "window":
             return window_end - now if window_end > now else None
-        if self.in_flight == 0:
-            return None  # the hardware is idle: waiting cannot help
         earliest = self._heap[0].deadline
+        if self.in_flight == 0:
+            if not self.idle_wait_s:
+                return None  # the hardware is idle: waiting cannot help
+            # Items known to come together: a short wait for company, within the deadline.
+            end = min(oldest + self.idle_wait_s, earliest - self.cost.predict(n + 1) - self.margin())
+            return end - now if end > now else None
         latest_start = earliest - self.cost.predict(n + 1) - self.margin()
         horizon = min(window_end, latest_start)
         if horizon <= now:

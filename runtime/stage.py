@@ -91,6 +91,7 @@ class Stage:
             self.batcher = Batcher(
                 max_size=opts.batch.max_size,
                 max_wait_s=opts.batch.max_wait_ms / 1000.0,
+                idle_wait_s=opts.batch.idle_wait_ms / 1000.0,
                 on_late=opts.on_late,
                 policy=batch_policy,
                 cost=self.cost,

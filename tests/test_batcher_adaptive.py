@@ -3,7 +3,9 @@ a calm run lets it relax back to the cost model's noise margin, never beyond."""
 
 from __future__ import annotations
 
-from runtime.batcher import Batcher
+import asyncio
+
+from runtime.batcher import Batcher, BatchItem
 from runtime.costmodel import CostModel
 
 
@@ -37,3 +39,21 @@ def test_serving_late_by_policy_leaves_the_rule_alone() -> None:
     b = _batcher(on_late="serve")
     b.served(32, 32)
     assert b.optimism is None
+
+
+def test_an_idle_model_waits_for_company_only_when_told_and_only_within_the_deadline() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        b = Batcher(max_size=8, max_wait_s=0.05, on_late="serve", idle_wait_s=0.02)
+        plain = Batcher(max_size=8, max_wait_s=0.05, on_late="serve")
+        for x in (b, plain):
+            x._heap.append(BatchItem(100.0, 0, "a", loop.create_future(), 10.0, lambda: True))
+        assert plain._should_wait(10.001) is None  # idle: dispatch at once
+        wait = b._should_wait(10.001)
+        assert wait is not None and abs(wait - 0.019) < 1e-9  # up to 20 ms after the oldest
+        assert b._should_wait(10.03) is None
+        b._heap[0].deadline = 10.01  # a tight deadline cuts the wait short
+        short = b._should_wait(10.001)
+        assert short is None or short <= 0.009
+    finally:
+        loop.close()
