@@ -55,9 +55,7 @@ class Call(chains.Message, frozen=True):
 # Measured on nine caller lines (docs/MODELS-notes.md): SmolLM2-135M got 8/9 right
 # this way, 3/9 with the same examples as chat turns (it answered "billing" to
 # everything), and an instruction on top made it worse. The examples interleave the
-# intents; the last three, greeting and name first like a real call, were added when
-# the support call came out as "billing" inside the chain (a near tie that the batch
-# it shared with the slot extraction tipped).
+# intents.
 INTENT_EXAMPLES = [
     ("Hi, I'm Tom. Why is my bill so high this month?", "billing"),
     ("My phone won't connect to the network.", "support"),
@@ -68,9 +66,6 @@ INTENT_EXAMPLES = [
     ("There is a charge on my statement I don't recognise.", "billing"),
     ("I want to end my service with you.", "cancel"),
     ("My email has not worked since yesterday.", "support"),
-    ("Hello, this is Kim Lee, I was billed for a service I never ordered.", "billing"),
-    ("Hi, this is Eva Ross, I want to cancel my contract.", "cancel"),
-    ("Hello, this is Dan Cole, my internet is very slow every night.", "support"),
 ]
 CALLER_EXAMPLES = [
     (

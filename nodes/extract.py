@@ -125,12 +125,14 @@ class VLLMExtract(VLLMBase):
 
     def render(self, text: str) -> str:
         """The prompt text: the chat template, or (``prompt_style="plain"``) a plain
-        ``Q: ... / A: ...`` completion, which a very small model continues more reliably."""
+        ``Q: ... / A: ...`` completion, which a very small model continues more reliably.
+        The plain prompt ends with ``"A: "``, space included: measured on SmolLM2 that
+        way (with a choice allowed to start with one more space), not without it."""
         if self.prompt_style == "plain":
             head = f"{self.system}\n\n" if self.system else ""
             pairs = zip(self.shots[::2], self.shots[1::2], strict=True)
             shots = "".join(f"Q: {q['content']}\nA: {a['content']}\n\n" for q, a in pairs)
-            return f"{head}{shots}Q: {text}\nA:"
+            return f"{head}{shots}Q: {text}\nA: "
         messages = [
             {"role": "system", "content": self.system},
             *self.shots,

@@ -84,7 +84,7 @@ class Constraint(msgspec.Struct, frozen=True):
     spec: Any  # the JSON schema (dict), the choices (list), the regex or the grammar (str)
     type: Any = None  # the msgspec type a "json" constraint decodes into
     # Allow one space before a choice or a regex match (dropped when decoding): after a
-    # plain "A:" prompt the model's likeliest next token is " billing", not "billing".
+    # plain "A: " prompt the model may still start with a space-led token like " billing".
     lead_space: bool = False
 
     def params(self) -> dict[str, Any]:
