@@ -62,12 +62,15 @@ def on_gpu() -> bool:
 def engine_args(path: str, options: dict[str, Any], owner: object = None) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments: chains' defaults for a local model, then the
     node's engine options. ``kv_cache_gib`` (CPU KV cache, an environment variable for
-    vLLM) stays in the result for the registry to apply; ``gpu`` becomes
-    ``gpu_memory_utilization`` when that is not given. ``share_engine=False`` keys the
+    vLLM) stays in the result for the registry to apply; ``gpu`` (or, on a Ray actor,
+    the replica's ``CHAINS_GPU_SHARE``) becomes ``gpu_memory_utilization`` when that is
+    not given. ``share_engine=False`` keys the
     engine to ``owner`` (a replica of its own: several replicas of one node in a
     process then have an engine each, for KV-cache-aware routing between them)."""
     opts = dict(options)
     gpu = opts.pop("gpu", None)
+    if gpu is None:  # a Ray actor carries its replica's GPU share (transport/remote/ray.py)
+        gpu = os.environ.get("CHAINS_GPU_SHARE") or None
     if not opts.pop("share_engine", True):
         opts["chains_owner"] = id(owner)
     args: dict[str, Any] = {

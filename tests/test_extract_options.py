@@ -246,3 +246,10 @@ def test_a_failed_start_is_an_error_for_every_waiter_and_leaves_nothing(fake_bui
         vllm_engine.release(e)
 
     anyio.run(go)
+
+
+def test_a_ray_replicas_gpu_share_sizes_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vllm_engine, "on_gpu", lambda: True)
+    monkeypatch.setenv("CHAINS_GPU_SHARE", "0.5")
+    assert vllm_engine.engine_args("/m", {})["gpu_memory_utilization"] == 0.5
+    assert vllm_engine.engine_args("/m", {"gpu": 0.25})["gpu_memory_utilization"] == 0.25  # the node's own
