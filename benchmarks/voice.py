@@ -78,6 +78,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "speculative": {"speculative": True, "clause": False, "interim": 0, "adaptive": False},
     "spec+clause": {"speculative": True, "clause": True, "interim": 0, "adaptive": False},
     "all": {"speculative": True, "clause": True, "interim": 600, "adaptive": True},
+    # the same, and an idle Whisper stage waits up to 40 ms for turns that end together
+    "spec+clause+sttwait": {
+        "speculative": True,
+        "clause": True,
+        "interim": 0,
+        "adaptive": False,
+        "stt_wait_ms": 40,
+    },
 }
 FLAGS = {"clause": False}  # read by the chunker node of each session
 
@@ -113,6 +121,9 @@ def configure(rt: Any, cfg: dict[str, Any]) -> None:
     tt.interim = int(cfg["interim"] * RATE / 1000)
     tt.adaptive = cfg["adaptive"]
     FLAGS["clause"] = cfg["clause"]
+    for st in rt.stages:  # Batch(idle_wait_ms=) of the Whisper stage, per run
+        if st.batcher is not None and type(st.replicas.instances[0]).__name__ == "WhisperSTT":
+            st.batcher.idle_wait_s = cfg.get("stt_wait_ms", 0) / 1000.0
 
 
 def speech_end_s(x: np.ndarray) -> float:
