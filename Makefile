@@ -30,6 +30,7 @@ bench: setup
 	mkdir -p out
 	$(BIN)/python benchmarks/overhead.py --json out/overhead.json --plot out/overhead.png
 	$(BIN)/python benchmarks/batching.py --json out/batching.json --plot out/batching.png
+	$(BIN)/python benchmarks/calls.py --json out/calls.json --plot out/calls.png
 
 clean:
 	rm -rf $(VENV) out
