@@ -29,6 +29,7 @@ from chains import AudioFrame, Text, TextDelta, Utterance
 from chains.context import NodeContext, reset_context, set_context
 from nodes import VLLMChat, VLLMExtract, WhisperSTT, vllm_engine
 from nodes.llm_options import ENGINE_OPTIONS, SAMPLING_OPTIONS
+from tests.integration.hosting import hosted_runtime
 
 from .conftest import ROOT, read_wav, words
 
@@ -262,26 +263,8 @@ def load_callrouter() -> Any:
 def router(loop, nodes) -> Iterator[Any]:
     """The demo's runtime, hosted by one task (its task group is entered and left by
     the same task); its extractors attach to the module's engine."""
-    ready: asyncio.Future[Any] = loop.create_future()
-    stop = asyncio.Event()
-
-    async def host() -> None:
-        try:
-            async with chains.running(load_callrouter()) as rt:
-                ready.set_result(rt)
-                await stop.wait()
-        except BaseException as e:
-            if not ready.done():
-                ready.set_exception(e)
-            raise
-
-    task = loop.create_task(host())
-    rt = loop.run_until_complete(ready)
-    try:
+    with hosted_runtime(loop, load_callrouter()) as rt:
         yield rt
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        loop.run_until_complete(task)
 
 
 @pytest.mark.parametrize("intent", list(CALLS))

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import chains
 from chains import AudioFrame, ConfirmTurn, Interrupt, SpeculativeTurn, Text, TextDelta, Utterance
 from nodes import PiperTTS, VLLMChat, WhisperSTT
 from nodes.audio import float_to_pcm, resample
 from nodes.turn import ABANDONED
+from tests.integration.hosting import hosted_runtime
 
 from .conftest import ROOT, to_float, words
 
@@ -61,26 +61,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 def runtime(loop) -> Iterator[Any]:
     """The runtime, hosted by one task from start to shutdown (its task group must
     be entered and left by the same task); the tests run sessions beside it."""
-    ready: asyncio.Future[Any] = loop.create_future()
-    stop = asyncio.Event()
-
-    async def host() -> None:
-        try:
-            async with chains.running(load_voice_chain()) as rt:
-                ready.set_result(rt)
-                await stop.wait()
-        except BaseException as e:
-            if not ready.done():
-                ready.set_exception(e)
-            raise
-
-    task = loop.create_task(host())
-    rt = loop.run_until_complete(ready)
-    try:
+    with hosted_runtime(loop, load_voice_chain()) as rt:
         yield rt
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        loop.run_until_complete(task)
 
 
 def instance_of(rt: Any, cls: str) -> Any:
