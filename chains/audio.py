@@ -29,6 +29,7 @@ import os
 import wave
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -235,6 +236,30 @@ def resample_pcm(pcm: bytes, src: int, dst: int) -> bytes:
     return to_bytes(soxr.resample(x, src, dst, quality=QUALITY))
 
 
+_idle_streams: dict[tuple[int, int, str], list[Any]] = {}
+_IDLE_MAX = 512  # per rate pair: about the most sessions a process serves at once
+
+
+def _stream(src: int, dst: int, dtype: str) -> Any:
+    """A soxr stream resampler, reused when one is idle. Why a pool: a server builds one
+    per session, building one costs more than a frame's resampling, and soxr/numpy keep
+    small allocations per construction that settle only after hundreds of them."""
+    idle = _idle_streams.get((src, dst, dtype))
+    if idle:
+        return idle.pop()
+    import soxr
+
+    return soxr.ResampleStream(src, dst, 1, dtype=dtype, quality=QUALITY)
+
+
+def _release(src: int, dst: int, dtype: str, rs: Any) -> None:
+    """A flushed stream goes back to the pool, its filter state cleared."""
+    rs.clear()
+    idle = _idle_streams.setdefault((src, dst, dtype), [])
+    if len(idle) < _IDLE_MAX:
+        idle.append(rs)
+
+
 class PcmResampler:
     """Resamples a live PCM16 mono stream frame by frame, carrying the filter state.
 
@@ -254,16 +279,15 @@ class PcmResampler:
         if self.src == self.dst:
             return pcm
         if self._rs is None:
-            import soxr
-
-            self._rs = soxr.ResampleStream(self.src, self.dst, 1, dtype="int16", quality=QUALITY)
+            self._rs = _stream(self.src, self.dst, "int16")
         return self._rs.resample_chunk(x).tobytes()  # type: ignore[attr-defined]
 
     def flush(self) -> bytes:
         if self._rs is None:
             return b""
-        out = self._rs.resample_chunk(np.zeros(0, _PCM16), last=True).tobytes()  # type: ignore[attr-defined]
-        self._rs = None
+        rs, self._rs = self._rs, None
+        out = rs.resample_chunk(np.zeros(0, _PCM16), last=True).tobytes()  # type: ignore[attr-defined]
+        _release(self.src, self.dst, "int16", rs)
         return out
 
 
@@ -281,10 +305,8 @@ class StreamResampler:
         if src == self.dst:
             return x
         if src != self.src:
-            import soxr
-
             self.src = check_rate(src, "resample from")
-            self._rs = soxr.ResampleStream(src, self.dst, 1, dtype="float32", quality=QUALITY)
+            self._rs = _stream(src, self.dst, "float32")
         return self._rs.resample_chunk(np.asarray(x, dtype=np.float32))  # type: ignore[attr-defined]
 
     def flush(self) -> np.ndarray:
