@@ -64,7 +64,7 @@ async def test_200_concurrent_sessions_leave_nothing_behind():
         retained: list[int] = []
         blocks: list[int] = []
         try:
-            for _ in range(2):
+            for _ in range(3):
                 with anyio.fail_after(120):
                     results = await wave_of(srv.url, SESSIONS)
                 with anyio.fail_after(10):
@@ -81,13 +81,16 @@ async def test_200_concurrent_sessions_leave_nothing_behind():
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert srv.stats["done"] == 3 * SESSIONS
+        assert srv.stats["done"] == 4 * SESSIONS
         # 200 live sessions hold megabytes at their peak; once they close, what stays is
         # small: tables sized by the peak (asyncio's task registry grows its hash table,
         # which is bytes but not blocks) ...
         assert peak > 2_000_000
         assert retained[0] < peak // 20, (retained, peak)
-        # ... and a second wave of 200 leaves no more live allocations than the first:
+        # ... and a further wave of 200 leaves no more live allocations than the one before:
         # anything kept per session (a session, a connection, a task: dozens of blocks
-        # each) would show as at least 200 more
-        assert blocks[1] - blocks[0] < 150, (blocks, retained)
+        # each) would show as at least 200 more after every wave. One-off growth (a set's
+        # table resized, a date cache, an allocator's arena) shows after one wave only, so
+        # of two successive waves, the smaller growth is the one that tells.
+        growth = min(blocks[1] - blocks[0], blocks[2] - blocks[1])
+        assert growth < 150, (blocks, retained)
