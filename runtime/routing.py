@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import xxhash
 
+from chains.spec import NodeSpec
+
 
 class Replica(Protocol):
     """What a router sees of a replica (runtime/replicas.py has the real one)."""
@@ -357,6 +359,18 @@ class PrefixAware:
 
 
 ROUTERS = ("least_busy", "round_robin", "sticky", "prefix")
+
+
+def router_for(spec: NodeSpec) -> Router:
+    """The router of a node: its ``router=``; unset, prefix-aware for a node that exposes
+    its prompt's tokens (an LLM) and may have several replicas, least busy otherwise."""
+    opts = spec.options
+    name = opts.router
+    if name is None:
+        many = opts.replicas > 1 or (opts.max_replicas or 1) > 1
+        if many and spec.is_class and callable(getattr(spec.impl, "route_tokens", None)):
+            name = "prefix"
+    return make_router(name)
 
 
 def make_router(name: str | None) -> Router:

@@ -306,13 +306,6 @@ async def run_stream_node(
                 return
             tracker.last = env
             args.append(env.payload)
-    # A per-session instance holds its replica for the session's life.
-    rs = stage.replicas
-    try:
-        replica = rs.acquire(stage.route(sess.id, ()))
-    except Exception as e:
-        await sess.fail(stage, e)
-        return
     seq = itertools.count()
     # Outputs belong to the turn of what caused them; a node fed only by chain
     # inputs (the user's audio: never stale) speaks for the session's current turn.
@@ -320,7 +313,7 @@ async def run_stream_node(
         p.stream and h.source >= 0 for p, h in zip(node.spec.params, node.inputs, strict=True)
     )
     try:
-        agen = stage.open_stream(replica.instance, tuple(args))
+        agen = stage.serve_session(sess.id, tuple(args))
         async with contextlib.aclosing(agen):
             async for out in agen:
                 last = tracker.last
@@ -331,9 +324,6 @@ async def run_stream_node(
                 if isinstance(out, Control):
                     await sess.control(out, env)
                     continue
-                stage.metrics.items += 1
                 await fan_out(senders, env)
     except Exception as e:
-        await sess.fail(stage, stage.failed(e))
-    finally:
-        rs.release(replica)
+        await sess.fail(stage, e)  # counted by the stage

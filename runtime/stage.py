@@ -34,6 +34,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from chains.context import current_context
 from chains.errors import NodeError, ReplicaLost
 from chains.graph import GraphNode
+from chains.messages import Control
 from chains.spec import Shape
 from runtime.batcher import Batcher, BatchItem, Policy, StaleItem, fail_future
 from runtime.batches import run_batcher
@@ -42,7 +43,7 @@ from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
 from runtime.metrics import StageMetrics
 from runtime.replicas import LocalProvider, Replica, ReplicaSet
-from runtime.routing import Route, make_router
+from runtime.routing import Route, router_for
 
 _mono = time.monotonic
 
@@ -347,9 +348,28 @@ class Stage:
             functools.partial(inst, *args), abandon_on_cancel=self.timeout_s is not None
         )
 
-    def open_stream(self, inst: Any, args: tuple[Any, ...]) -> Any:
-        """Start a stream node's per-session call: an async generator."""
-        return inst(*args)
+    async def serve_session(self, session: str, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
+        """Serve a stream node for one session: one replica held for the session's life,
+        its outputs as they come (data items counted; control events passed through).
+
+        Use it with ``contextlib.aclosing``. Failures (no ready replica, the node's own
+        error, a replica that died) are counted and raised as ``NodeError``."""
+        rs = self.replicas
+        try:
+            r = rs.acquire(self.route(session, ()))
+        except Exception as e:
+            raise self._failed(None, e) from e
+        try:
+            agen = r.instance(*args)
+            async with contextlib.aclosing(agen):
+                async for out in agen:
+                    if not isinstance(out, Control):
+                        self.metrics.items += 1
+                    yield out
+        except Exception as e:
+            raise self._failed(r, e) from e
+        finally:
+            rs.release(r)
 
     # --- batching -------------------------------------------------------------------
     def _shed_item(self, item: BatchItem, late_s: float) -> None:
@@ -366,18 +386,6 @@ class Stage:
 
 def _always() -> bool:
     return True
-
-
-def _router_name(n: GraphNode) -> str | None:
-    """The node's ``router=``; unset, prefix-aware for a node that exposes its prompt's
-    tokens (an LLM) and may have several replicas, least busy otherwise."""
-    opts = n.spec.options
-    if opts.router is not None:
-        return opts.router
-    many = opts.replicas > 1 or (opts.max_replicas or 1) > 1
-    if many and n.spec.is_class and callable(getattr(n.spec.impl, "route_tokens", None)):
-        return "prefix"
-    return None
 
 
 def make_stages(
@@ -400,6 +408,6 @@ def make_stages(
             provider = (
                 make_provider(n.spec) if make_provider is not None else LocalProvider(n.spec, n.template)
             )
-            rs = sets[key] = ReplicaSet(n.spec, provider, router=make_router(_router_name(n)))
+            rs = sets[key] = ReplicaSet(n.spec, provider, router=router_for(n.spec))
         stages.append(Stage(chain_name, n, rs, stage_metrics(n.name), batch_policy))
     return stages, list(sets.values())

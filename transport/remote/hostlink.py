@@ -274,29 +274,23 @@ class HostLink:
         host.stats["streams"] += 1
         token = set_context(NodeContext(f.session, stage.name, sess.state, lambda: sess.epoch, sess.meta))
         terminal = False
-        replica = None
-        rs = stage.replicas
         try:
             with self._cancellable(f.id) as scope:
                 try:
-                    replica = rs.acquire(stage.route(f.session, ()))
-                    agen = stage.open_stream(replica.instance, tuple(args))
+                    agen = stage.serve_session(f.session, tuple(args))
                     async with contextlib.aclosing(agen):
                         async for out in agen:
-                            stage.metrics.items += 1
                             await credits.acquire()
                             self.out.put(Item(f.id, codec.encode(out)))
                     self.out.put(End(f.id))
                     terminal = True
-                except Exception as e:
+                except Exception as e:  # counted by the stage
                     host.stats["failed"] += 1
-                    self.out.put(Fail(f.id, *error_of(stage.failed(e))))
+                    self.out.put(Fail(f.id, *error_of(e)))
                     terminal = True
             if scope.cancelled_caught:
                 host.stats["cancelled"] += 1
         finally:
-            if replica is not None:
-                rs.release(replica)
             reset_context(token)
             self.scopes.pop(f.id, None)
             self.feeds.pop(f.id, None)
