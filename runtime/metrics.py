@@ -1,8 +1,9 @@
 """Stage and session metrics, cheap enough for the per-item hot path.
 
 Recording is a few integer and list operations (no locks, no label lookups), so
-it stays on in benchmarks. Percentiles come from fixed log-spaced histograms, never
-from kept samples, so memory is flat however long a server runs. Exposition goes
+it stays on in benchmarks. Percentiles are exact for the first few hundred
+observations (kept as they are) and come from fixed log-spaced histograms beyond,
+clamped to the observed range, so memory is flat however long a server runs. Exposition goes
 through ``prometheus_client``: a custom collector turns these objects into metric
 families at scrape time, and tests and benchmarks read the same objects directly.
 """
@@ -33,45 +34,85 @@ SIZE_BUCKETS = [float(b) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96,
 
 
 class Histogram:
-    """Counts per fixed bucket; quantiles by interpolation inside a bucket."""
+    """Counts per fixed bucket, plus the first ``EXACT`` observations kept as they are.
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    Percentiles are honest: up to ``EXACT`` observations they are exact (the nearest-
+    rank value, always one that was observed: one sample's p50 is that sample), beyond
+    that they interpolate inside a bucket and are clamped to the smallest and largest
+    value observed (so fifty batches of one never report a p50 of 0.5). An ``integer``
+    histogram (batch sizes) reports its percentiles as integers. An empty histogram
+    reports ``None`` (JSON ``null``), never NaN, so a snapshot is valid JSON.
+    """
 
-    def __init__(self, bounds: list[float] = TIME_BUCKETS):
+    __slots__ = ("bounds", "count", "counts", "integer", "max", "min", "samples", "sum")
+
+    EXACT = 256  # observations kept as they are: exact percentiles up to this many
+
+    def __init__(self, bounds: list[float] = TIME_BUCKETS, *, integer: bool = False):
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.samples: list[float] = []
+        self.integer = integer
 
     def observe(self, v: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, v)] += 1
         self.count += 1
         self.sum += v
+        if v < self.min:
+            self.min = v
+        if v > self.max:
+            self.max = v
+        if self.count <= self.EXACT:
+            self.samples.append(v)
+        elif self.samples:
+            self.samples = []  # past EXACT: the buckets alone (memory stays flat)
 
-    def quantile(self, q: float) -> float:
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0 < q <= 1), or None when nothing was observed."""
         if self.count == 0:
-            return math.nan
+            return None
+        if self.samples:
+            ordered = sorted(self.samples)
+            return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
         rank = q * self.count
         seen = 0
+        v = self.max
         for i, c in enumerate(self.counts):
             if c and seen + c >= rank:
-                lo = self.bounds[i - 1] if i > 0 else 0.0
-                hi = self.bounds[i] if i < len(self.bounds) else self.bounds[-1]
-                return lo + (hi - lo) * ((rank - seen) / c)
+                lo = self.bounds[i - 1] if i > 0 else self.min
+                hi = self.bounds[i] if i < len(self.bounds) else self.max
+                v = lo + (hi - lo) * ((rank - seen) / c)
+                break
             seen += c
-        return self.bounds[-1]
+        v = min(max(v, self.min), self.max)
+        return float(math.ceil(v)) if self.integer else v
 
     @property
-    def mean(self) -> float:
-        return self.sum / self.count if self.count else math.nan
+    def mean(self) -> float | None:
+        return self.sum / self.count if self.count else None
 
-    def summary(self, scale: float = 1.0) -> dict[str, float]:
+    def summary(self, scale: float = 1.0) -> dict[str, Any]:
+        """count, mean, min, p50, p95, p99, max; values ``None`` when empty, the
+        percentiles, min and max as ints for an integer histogram."""
+
+        def f(x: float | None) -> Any:
+            if x is None:
+                return None
+            return int(x) if self.integer else x * scale
+
+        mean = self.mean
         return {
             "count": self.count,
-            "mean": self.mean * scale,
-            "p50": self.quantile(0.5) * scale,
-            "p95": self.quantile(0.95) * scale,
-            "p99": self.quantile(0.99) * scale,
+            "mean": None if mean is None else mean * scale,
+            "min": f(self.min if self.count else None),
+            "p50": f(self.quantile(0.5)),
+            "p95": f(self.quantile(0.95)),
+            "p99": f(self.quantile(0.99)),
+            "max": f(self.max if self.count else None),
         }
 
     def cumulative(self) -> list[tuple[str, int]]:
@@ -96,7 +137,7 @@ class StageMetrics:
         self.stale = 0  # dropped because their turn was interrupted
         self.queue_wait = Histogram()
         self.service = Histogram()  # per call (per batch for batched stages)
-        self.batch_size = Histogram(SIZE_BUCKETS)
+        self.batch_size = Histogram(SIZE_BUCKETS, integer=True)
         self.first_output = Histogram()  # streaming calls: call start -> first output (LLM TTFT)
         self.queued = 0  # gauge: items waiting now
         self.consecutive_errors = 0  # reset by every success
