@@ -6,7 +6,7 @@ or ``chains run FILE``. See DESIGN.md for the model.
 """
 
 from chains.api import call, running, stream
-from chains.builtins import merge, zip
+from chains.builtins import collect, merge, zip
 from chains.context import NodeContext, context
 from chains.errors import (
     AudioError,
@@ -104,6 +104,7 @@ __all__ = [
     "Utterance",
     "call",
     "chain",
+    "collect",
     "context",
     "merge",
     "node",

@@ -13,8 +13,14 @@ if TYPE_CHECKING:  # the runtime imports the vocabulary; import it back only whe
 async def call(chain: Any, *inputs: Any) -> Any:
     """Run one session of ``chain`` on ``inputs`` and return its outputs.
 
-    A single output comes back as its value (a list for a stream output), a
-    tuple or dict of outputs as a tuple or dict. A failing node raises
+    The shape of the result follows the chain's declaration, never what happened to
+    run: an output that is one value per input comes back as that value, an output
+    that is a stream as a list of its items. An output is a stream when a stream
+    chain input, a streaming map (an LLM's ``TextDelta``s) or a stream node is
+    upstream of it, unless ``chains.collect`` joined it back into one value (a
+    ``Text`` per reply, or a list) on a chain whose inputs are single values. The
+    chain's single output comes back as its value, a tuple or dict of outputs as a
+    tuple or dict. A failing node raises
     ``chains.NodeError``. Inside ``async with chains.running(chain)`` the call is a
     session of that runtime; otherwise of the chain's default runtime, started on
     first use and kept until the event loop ends (runtime/default.py). Either way

@@ -78,10 +78,13 @@ class GraphNode:
     where: str
     consumers: list[tuple[int, int]] = field(default_factory=list)  # (node index, param index)
     template: Any = None  # the NodeTemplate a class node came from (shared replicas)
+    per_input: bool = False  # chains.collect: one value per input of a single-value chain
 
     @property
     def output_stream(self) -> bool:
         """Does this node emit many items per session?"""
+        if self.per_input:
+            return False
         if self.spec.shape in (Shape.STREAM, Shape.STREAM_MAP):
             return True
         return any(h.stream for h in self.inputs)
@@ -104,7 +107,10 @@ class Graph:
         init_args: tuple[Any, ...] = (),
         init_kwargs: dict[str, Any] | None = None,
         template: Any = None,
+        collects: bool = False,
     ) -> Handle:
+        """Record a node called on ``args``; ``collects`` (``chains.collect``): its output is
+        one value per input unless a stream chain input feeds it."""
         where = call_site()
         name = self._unique(spec.name)
         if len(args) != len(spec.params):
@@ -149,10 +155,25 @@ class Graph:
             inputs=list(args),
             where=where,
             template=template,
+            per_input=collects and not any(self.fed_by_stream_input(h) for h in args),
         )
         self.nodes.append(node)
         out_type = strip_control(spec.out_type)
         return Handle(self, index, out_type, node.output_stream, where, f"node {name!r}")
+
+    def fed_by_stream_input(self, h: Handle) -> bool:
+        """Is ``h`` downstream of a chain input declared ``Stream[...]``?"""
+        seen: set[int] = set()
+        todo = [h]
+        while todo:
+            x = todo.pop()
+            if x.source < 0:
+                if self.inputs[-x.source - 1].stream:
+                    return True
+            elif x.source not in seen:
+                seen.add(x.source)
+                todo.extend(self.nodes[x.source].inputs)
+        return False
 
     def _consumers_of(self, h: Handle) -> list[tuple[int, int]]:
         if h.source < 0:
