@@ -5,8 +5,12 @@ describe), ``VLLMExtract(choice=[...])`` one of the choices, ``VLLMExtract(regex
 or ``grammar=...`` a string matching it. Decoding is constrained by vLLM's
 structured outputs (the logits of every token that would break the constraint are
 masked before sampling), so the text parses by construction; it is still decoded
-and validated into the type, and a reply cut by ``max_tokens`` before it closed is
-a ``chains.NodeError`` that says to raise ``max_tokens``.
+and validated into the type. JSON is compact (the engine allows no free whitespace,
+``nodes.vllm_engine.structured_config``), and when the schema bounds the reply's
+length (``nodes.jsonbound``) ``max_tokens`` defaults to that bound, so the reply is
+never cut; otherwise a reply cut by ``max_tokens`` is a ``chains.NodeError``
+(code ``reply_cut``) naming the unbounded field. The node's output type in the graph
+is the schema's type (``str`` for a choice, regex or grammar).
 
 Why a map node and not a chat: an extraction is a pure function of its input (no
 history), so items of every session are independent requests that the shared
@@ -27,6 +31,7 @@ import msgspec
 
 import chains
 from chains import Text
+from nodes.jsonbound import max_chars
 from nodes.llm import VLLMBase
 from nodes.llm_options import Constraint, caller, checked, make_constraint
 
@@ -81,12 +86,24 @@ class VLLMExtract(VLLMBase):
                 {"role": "user", "content": text},
                 {"role": "assistant", "content": example_reply(c, value)},
             ]
+        self.longest: int | None = None  # the longest reply the constraint allows, in tokens
+        self.unbounded = ""  # why it has no such bound (a field), for the error of a cut reply
+        if c.kind == "json":
+            self.longest, self.unbounded = max_chars(c.spec)
+            if auto_max and self.longest is not None:
+                # every token is at least one character: a reply this long is never cut
+                self.max_tokens = min(self.longest + 1, self.max_model_len // 2)
         if auto_max and c.kind == "choice":
             # Room for the longest choice spelled one character per token (the mask allows
             # any tokens that spell it, and a model may take "supp"+"or"+"t" rather than
             # the one token "support": seen here), a leading space and the end token.
             self.max_tokens = max(len(x) for x in c.spec) + 2
         self.calls = 0
+
+    @classmethod
+    def output_type(cls, *args: Any, schema: Any = None, **kwargs: Any) -> Any:
+        """What the node returns for these arguments: the schema's type, else a str."""
+        return schema if schema is not None else str
 
     @classmethod
     def check_extra(cls, arguments: dict[str, Any]) -> None:
@@ -171,11 +188,21 @@ class VLLMExtract(VLLMBase):
         try:
             return c.decode(reply)
         except ValueError as e:
-            cut = finish == "length"
-            hint = f" (cut at max_tokens={self.max_tokens}: raise max_tokens)" if cut else ""
-            raise chains.NodeError(
-                self.node_name(), f"reply does not satisfy the constraint{hint}: {e}"
-            ) from e
+            if finish == "length":
+                raise chains.NodeError(self.node_name(), self.cut_message(reply), code="reply_cut") from e
+            raise chains.NodeError(self.node_name(), f"reply does not satisfy the constraint: {e}") from e
+
+    def cut_message(self, reply: str) -> str:
+        """Why a reply ended at ``max_tokens`` before the constraint was met, and the fix."""
+        head = f"the reply was cut at max_tokens={self.max_tokens} before it was complete ({reply[-60:]!r})"
+        if self.unbounded:
+            return (
+                f"{head}: the schema does not bound the reply's length at {self.unbounded}; "
+                "raise max_tokens or bound that field (msgspec.Meta(max_length=...), ge=/le=)"
+            )
+        if self.longest is not None and self.max_tokens < self.longest:
+            return f"{head}: max_tokens is below the schema's longest reply ({self.longest} tokens)"
+        return f"{head}: raise max_tokens"
 
 
 VLLMExtract = checked(VLLMExtract)

@@ -44,7 +44,10 @@ ENGINE_OPTIONS: dict[str, str] = {
     "kv_cache_dtype": "KV cache element type ('auto', 'fp8', ...)",
     "block_size": "KV cache block size in tokens",
     "enforce_eager": "no CUDA graphs (always on for CPU)",
-    "structured_outputs_config": "e.g. {'backend': 'xgrammar'}; default 'auto' (xgrammar, else guidance)",
+    "structured_outputs_config": (
+        "default {'backend': 'xgrammar', 'disable_any_whitespace': True} (compact JSON); "
+        "keys given replace those"
+    ),
     "tensor_parallel_size": "GPUs to shard the model over",
     "cpu_offload_gb": "GiB of weights kept in CPU memory (GPU)",
     "trust_remote_code": "run a model folder's own Python code",
@@ -91,7 +94,8 @@ class Constraint(msgspec.Struct, frozen=True):
         """Keyword arguments for ``vllm.sampling_params.StructuredOutputsParams``."""
         if self.kind == "json":
             # (whitespace: vLLM 0.32's backends read only the engine-level
-            # structured_outputs_config={"disable_any_whitespace": True}, not a request's)
+            # structured_outputs_config={"disable_any_whitespace": True}, not a request's:
+            # nodes.vllm_engine sets it by default)
             return {"json": self.spec}
         if self.lead_space and self.kind == "choice":
             return {"regex": " ?(" + "|".join(re.escape(c) for c in self.spec) + ")"}
@@ -326,13 +330,31 @@ def compile_check(node: str, c: Constraint) -> None:
         ) from e
 
 
+class TypedTemplate(chains.NodeTemplate):
+    """A template whose output type depends on its arguments (``VLLMExtract(schema=T)``
+    gives ``T``), so the graph's type check sees ``T`` and not the class's ``Any``."""
+
+    out_type: Any = None
+
+    def __call__(self, *inputs: Any) -> Any:
+        handle = super().__call__(*inputs)
+        if self.out_type is not None:
+            handle.type = self.out_type
+        return handle
+
+
 class CheckedNodeClass(chains.NodeClass):
     """A class node whose options are checked when its template is created (at chain
-    definition), by the class's ``chains_check(*args, **kwargs)``."""
+    definition), by the class's ``chains_check(*args, **kwargs)``; its optional
+    ``output_type(*args, **kwargs)`` names the output type those arguments give."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> chains.NodeTemplate:
-        template = super().__call__(*args, **kwargs)  # refuses node inputs given here
-        self.spec.impl.chains_check(*args, **kwargs)
+        super().__call__(*args, **kwargs)  # refuses node inputs given here
+        impl = self.spec.impl
+        impl.chains_check(*args, **kwargs)
+        template = TypedTemplate(self.spec, args, kwargs)
+        typer = getattr(impl, "output_type", None)
+        template.out_type = typer(*args, **kwargs) if typer is not None else None
         return template
 
 

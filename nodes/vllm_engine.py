@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,7 @@ def engine_args(path: str, options: dict[str, Any], owner: object = None) -> dic
         "kv_cache_gib": int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1),
     }
     args.update(opts)
+    args["structured_outputs_config"] = structured_config(opts.get("structured_outputs_config"))
     if args["dtype"] == "auto":
         args["dtype"] = pick_dtype()
     if gpu is not None and "gpu_memory_utilization" not in opts:
@@ -93,6 +95,49 @@ def engine_args(path: str, options: dict[str, Any], owner: object = None) -> dic
     if not on_gpu():
         args.pop("gpu_memory_utilization", None)  # meaningless (and refused) on CPU
     return args
+
+
+# JSON without free whitespace: xgrammar (and guidance) otherwise let a model write
+# newlines and spaces between tokens forever (seen: SmolLM2 writing `{\n  "item"\n\n:\n\n`
+# until max_tokens, 4 replies in 10 on short order lines). vLLM 0.32 reads the switch
+# only from the engine's config, not from a request, and refuses it under the "auto"
+# backend, so the backend is named too.
+WHITESPACE_FREE_BACKENDS = ("xgrammar", "guidance")
+
+
+def structured_config(given: dict[str, Any] | None) -> dict[str, Any]:
+    """The engine's ``structured_outputs_config``: compact JSON by default (xgrammar with
+    ``disable_any_whitespace``), the node's own keys over it. A backend that cannot
+    drop whitespace (outlines, lm-format-enforcer) gets no such key."""
+    cfg = dict(given or {})
+    cfg.setdefault("backend", "xgrammar")
+    if cfg["backend"] in WHITESPACE_FREE_BACKENDS:
+        cfg.setdefault("disable_any_whitespace", True)
+    return cfg
+
+
+class EngineOptionError(ModelError):
+    """vLLM refused an engine option: the option(s) and vLLM's own message, not a
+    missing package (``nodes.resolve.loading`` passes a ``ModelError`` through)."""
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def option_error(e: BaseException, args: dict[str, Any]) -> EngineOptionError | None:
+    """The engine options an engine-argument error is about, or None when it names none
+    (a pydantic error names a config class, e.g. ``StructuredOutputsConfig``, or a field)."""
+    msg = str(e)
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", msg))
+    named = {k for k in args if k in words or k in {_snake(w) for w in words}}
+    named -= {"model", "tokenizer"}
+    if not named:
+        return None
+    opts = ", ".join(f"{k}={args[k]!r}" for k in sorted(named))
+    lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+    short = " / ".join(lines[:6])
+    return EngineOptionError(f"vLLM refused the engine option {opts}: {type(e).__name__}: {short}")
 
 
 @dataclass(eq=False)
@@ -143,7 +188,16 @@ def _build(entry: SharedEngine) -> None:
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.pop("kv_cache_gib"))
     args.pop("chains_owner", None)  # only part of the registry key
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown a CLI's output
-    entry.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+    try:
+        # the options are validated here (pydantic), before any engine process starts;
+        # then what AsyncLLM.from_engine_args does with them
+        ea = AsyncEngineArgs(**args)
+        config = ea.create_engine_config()
+    except Exception as e:
+        raise (option_error(e, args) or e) from e
+    entry.engine = AsyncLLM.from_vllm_config(
+        config, enable_log_requests=ea.enable_log_requests, disable_log_stats=ea.disable_log_stats
+    )
 
 
 async def acquire(args: dict[str, Any]) -> SharedEngine:
