@@ -16,11 +16,31 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     """Base of every built-in payload."""
 
 
+class WordTiming(Message, frozen=True):
+    """When a word is spoken, in ms from the start of its TTS chunk."""
+
+    word: str
+    start_ms: float
+    end_ms: float
+
+
+class Spoken(Message, frozen=True):
+    """What a TTS chunk says: its text, its audio's length and, where the TTS knows it,
+    each word's timing. A TTS puts it on the first frame of the chunk, so whoever plays
+    the audio can tell which words were heard when a reply is cut (runtime/heard.py)."""
+
+    text: str
+    duration_ms: float
+    words: list[WordTiming] | None = None
+
+
 class AudioFrame(Message, frozen=True):
-    """A chunk of PCM16LE mono audio at ``sample_rate`` Hz."""
+    """A chunk of PCM16LE mono audio at ``sample_rate`` Hz (``spoken``: set on the first
+    frame of a TTS chunk, see ``Spoken``)."""
 
     pcm: bytes
     sample_rate: int
+    spoken: Spoken | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -95,6 +115,20 @@ class Interrupt(Control, frozen=True):
     reason: str = ""
 
 
+class Heard(Control, frozen=True):
+    """What the user heard of the reply of turn ``epoch`` when it was cut: its text up
+    to the played position (``played_ms`` of the ``sent_ms`` sent). The runtime hands it
+    to every node of the session (``chains.history.heard()``), so a node that keeps a
+    history keeps only what was heard; ``text`` is empty for a turn nobody heard (an
+    abandoned speculative turn)."""
+
+    epoch: int
+    text: str
+    played_ms: float = 0.0
+    sent_ms: float = 0.0
+    reason: str = ""
+
+
 class SpeculativeTurn(Control, frozen=True):
     """Start a speculative turn (a stream node that guesses the user is done, e.g. the
     VAD at the first silence). Work of the new turn runs at once, but its outputs are
@@ -125,11 +159,14 @@ __all__ = [
     "Entities",
     "Entity",
     "ErrorEvent",
+    "Heard",
     "Interrupt",
     "Message",
     "SpeculativeTurn",
     "SpeechStarted",
+    "Spoken",
     "Text",
     "TextDelta",
     "Utterance",
+    "WordTiming",
 ]

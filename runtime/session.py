@@ -30,7 +30,8 @@ from anyio import EndOfStream, WouldBlock
 from chains.context import NodeContext, set_context
 from chains.errors import NodeError
 from chains.graph import Graph, GraphNode
-from chains.messages import ConfirmTurn, Control, ErrorEvent, Interrupt, SpeculativeTurn
+from chains.history import record as record_heard
+from chains.messages import ConfirmTurn, Control, ErrorEvent, Heard, Interrupt, SpeculativeTurn
 from chains.outputs import ERROR, EVENTS, Output
 from chains.spec import Shape, checkable
 from runtime import runners
@@ -76,6 +77,9 @@ class Session:
         self._running = 0  # node tasks still running
         self._tasks: list[asyncio.Task[None]] = []
         self.done = anyio.Event()  # set once the session is closed
+        # called with (the old epoch, the reason) at every interrupt: a transport that
+        # paces audio learns there how much of the cut reply was played (transport/pacing.py)
+        self.interrupt_listeners: list[Callable[[int, str], None]] = []
         self._wire()
 
     @property
@@ -228,10 +232,18 @@ class Session:
             self._held_epochs.discard(self.epoch)  # its outputs are stale from now on
             self.speculative["held_dropped"] += len(self._held)
             self._held.clear()
+            self.tell_heard(Heard(epoch=self.epoch, text="", reason="abandoned"))  # nobody heard it
         self.epoch += 1
         for scope in list(self.inflight):
             scope.cancel()
+        for listener in list(self.interrupt_listeners):
+            listener(self.epoch - 1, reason)
         self.log.info("interrupt", epoch=self.epoch, reason=reason)
+
+    def tell_heard(self, msg: Heard) -> None:
+        """What the user heard of turn ``msg.epoch``'s reply: kept for every node of the
+        session (``chains.history.heard()``), so history-keeping nodes cut it."""
+        record_heard(self.meta, msg)
 
     def speculate(self, reason: str = "node") -> None:
         """Start a speculative turn: like an interrupt, but the new turn's outputs are
