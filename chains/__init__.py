@@ -19,6 +19,7 @@ from chains.errors import (
     NoReplica,
     Overloaded,
     ReplicaLost,
+    WrongResultType,
 )
 from chains.messages import (
     AudioFrame,
@@ -102,6 +103,7 @@ __all__ = [
     "Text",
     "TextDelta",
     "Utterance",
+    "WrongResultType",
     "call",
     "chain",
     "collect",

@@ -50,6 +50,18 @@ class ReplicaLost(NodeError):
         super().__init__(node, message, code="replica_lost")
 
 
+class WrongResultType(NodeError):
+    """A node returned (or yielded) a value that is not of the type its annotation
+    declares: caught where it was returned, not in the next node that trips on it."""
+
+    def __init__(self, node: str, declared: str, actual: str):
+        self.declared = declared
+        self.actual = actual
+        super().__init__(
+            node, f"returned {actual}, but it is annotated to return {declared}", code="wrong_type"
+        )
+
+
 class NoReplica(NodeError):
     """No replica of the node is ready (all lost and being rebuilt, or still loading)."""
 

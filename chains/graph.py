@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,45 +19,11 @@ from typing import Any
 import xxhash
 
 from chains.errors import ChainError
+from chains.handles import Handle, call_site
 from chains.outputs import RESERVED
 from chains.spec import NodeSpec, Shape, _is_stream, compatible, describe_type, strip_control
 
 _building: contextvars.ContextVar[Graph | None] = contextvars.ContextVar("chains_graph", default=None)
-
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def call_site() -> str:
-    """file:line of the nearest frame outside the chains package."""
-    frame = inspect.currentframe()
-    while frame is not None:
-        fname = frame.f_code.co_filename
-        if not os.path.abspath(fname).startswith(_PKG_DIR):
-            return f"{fname}:{frame.f_lineno}"
-        frame = frame.f_back
-    return "<unknown>"
-
-
-@dataclass(eq=False)
-class Handle:
-    """A symbolic edge source: the output of ``node`` (or chain input ``input``)."""
-
-    graph: Graph
-    source: int  # node index, or -(input index + 1) for a chain input
-    type: Any
-    stream: bool  # many items per session, or exactly one
-    where: str
-    label: str
-
-    def __repr__(self) -> str:
-        kind = "Stream" if self.stream else "value"
-        return f"<chains handle {self.label}: {kind}[{describe_type(self.type)}]>"
-
-    def __bool__(self) -> bool:
-        raise ChainError(
-            f"{self.label} is a symbolic handle: branch on data inside a node, not in the chain",
-            where=self.where,
-        )
 
 
 @dataclass(frozen=True)
@@ -281,6 +247,37 @@ def _options_dict(spec: NodeSpec) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _run_body(fn: Any, handles: list[Handle]) -> tuple[Any, str | None]:
+    """Run the chain body on its handles; also say where it returned (file:line of the
+    ``return`` that ran), so that an error about what it returned points there.
+
+    The line comes from a profile hook on the body's own frame, set for the one run of
+    the body (a chain is compiled once); when a profiler is already installed it is
+    left alone and errors point at the ``def`` line instead."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None or sys.getprofile() is not None:
+        return fn(*handles), None
+    where: str | None = None
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        nonlocal where
+        if event == "return" and frame.f_code is code:
+            where = f"{code.co_filename}:{frame.f_lineno}"
+
+    sys.setprofile(hook)
+    try:
+        result = fn(*handles)
+    finally:
+        sys.setprofile(None)
+    return result, where
+
+
+def _what(x: Any) -> str:
+    if x is None:
+        return "None (a `return` is missing?)"
+    return f"{type(x).__name__} {x!r:.40}"
+
+
 def current_graph() -> Graph | None:
     return _building.get()
 
@@ -310,9 +307,10 @@ def build(fn: Any, name: str, budget_ms: float | None) -> Graph:
         raise ChainError(f"chain {name} takes no input", where=where_def)
     token = _building.set(graph)
     try:
-        result = fn(*handles)
+        result, where_ret = _run_body(fn, handles)
     finally:
         _building.reset(token)
+    where_ret = where_ret or where_def
     if isinstance(result, Handle):
         outputs = {"output": result}
     elif isinstance(result, tuple):
@@ -321,21 +319,20 @@ def build(fn: Any, name: str, budget_ms: float | None) -> Graph:
         outputs = dict(result)
     else:
         raise ChainError(
-            f"chain {name} must return a node's output, or a tuple or dict of them; "
-            f"got {type(result).__name__}",
-            where=where_def,
+            f"chain {name} must return a node's output, or a tuple or dict of them; got {_what(result)}",
+            where=where_ret,
         )
     if not outputs:
-        raise ChainError(f"chain {name} returns no output", where=where_def)
+        raise ChainError(f"chain {name} returns no output", where=where_ret)
     for key, h in outputs.items():
         if not isinstance(key, str):
-            raise ChainError(f"chain {name}: output names must be strings, got {key!r}", where=where_def)
+            raise ChainError(f"chain {name}: output names must be strings, got {key!r}", where=where_ret)
         if key in RESERVED:
-            raise ChainError(f"chain {name}: output name {key!r} is reserved", where=where_def)
+            raise ChainError(f"chain {name}: output name {key!r} is reserved", where=where_ret)
         if not isinstance(h, Handle) or h.graph is not graph:
             raise ChainError(
                 f"chain {name}: output {key!r} must be a node's output of this chain, got {h!r:.60}",
-                where=where_def,
+                where=where_ret,
             )
     graph.outputs = outputs
     used = {h.source for h in outputs.values()}

@@ -28,6 +28,7 @@ import anyio
 from tenacity import AsyncRetrying, stop_after_attempt, stop_never, wait_exponential
 
 from chains.errors import ModelError, NoReplica, ReplicaLost
+from chains.results import checked
 from chains.spec import NodeSpec
 from runtime.logs import get_logger
 from runtime.routing import LeastBusy, Route, Router
@@ -86,7 +87,7 @@ class LocalProvider:
 
     async def start(self, rid: int) -> Any:
         if not self.spec.is_class:
-            return self.spec.impl
+            return checked(self.spec, self.spec.impl)  # results checked against the annotation
         try:
             inst = await anyio.to_thread.run_sync(self.template.instantiate)
             setup = getattr(inst, "setup", None)
@@ -96,7 +97,7 @@ class LocalProvider:
             raise
         except Exception as e:
             raise ModelError(f"node {self.spec.name!r} failed to start: {type(e).__name__}: {e}") from e
-        return inst
+        return checked(self.spec, inst)
 
     async def stop(self, instance: Any) -> None:
         close = getattr(instance, "close", None) if self.spec.is_class else None

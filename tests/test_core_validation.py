@@ -187,10 +187,10 @@ def test_branching_on_a_handle() -> None:
 def test_a_chain_must_return_handles() -> None:
     with pytest.raises(chains.ChainError) as e:
 
-        @chains.chain  # <-- bad-return
+        @chains.chain
         def c(a: Text):
             shout(a)
-            return "done"
+            return "done"  # <-- bad-return
 
     check(e, "bad-return", None, "must return a node's output", "got str")
 
@@ -198,9 +198,9 @@ def test_a_chain_must_return_handles() -> None:
 def test_reserved_output_names() -> None:
     with pytest.raises(chains.ChainError) as e:
 
-        @chains.chain  # <-- reserved
+        @chains.chain
         def c(a: Text):
-            return {"error": shout(a)}
+            return {"error": shout(a)}  # <-- reserved
 
     check(e, "reserved", None, "output name 'error' is reserved")
 
