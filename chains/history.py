@@ -22,6 +22,7 @@ from chains.context import current_context
 from chains.messages import Heard
 
 HEARD_KEY = "chains.heard"
+INSTRUCTIONS_KEY = "chains.instructions"  # a session's own system prompt (a Realtime client's)
 KEEP = 16  # Heard messages a session keeps (one per interrupted turn; old ones are spent)
 EPOCH = "epoch"  # the key of a history entry's turn epoch
 INTERRUPTED = "interrupted"  # set on a reply cut to what was heard
@@ -54,6 +55,21 @@ def current_epoch() -> int | None:
 def reply_tag(epoch: int | None) -> dict[str, Any]:
     """The extra key a history entry carries so that a later ``Heard`` can find it."""
     return {} if epoch is None else {EPOCH: epoch}
+
+
+def begin_turn(history: list[dict[str, Any]]) -> int | None:
+    """A chat node's first step of a call: cut the replies the user interrupted to what
+    they heard, and give the epoch to tag this call's reply with (``reply_tag``)."""
+    cut_history(history)
+    return current_epoch()
+
+
+def system_prompt(default: str) -> str:
+    """The system prompt for the current session: the instructions its client gave
+    (``meta[INSTRUCTIONS_KEY]``, e.g. a Realtime ``session.update``), else ``default``."""
+    ctx = current_context()
+    given = None if ctx is None else ctx.meta.get(INSTRUCTIONS_KEY)
+    return given if isinstance(given, str) and given else default
 
 
 def _norm(text: str) -> str:
@@ -93,4 +109,16 @@ def cut_history(history: list[dict[str, Any]], messages: list[Heard] | None = No
     return changed
 
 
-__all__ = ["HEARD_KEY", "INTERRUPTED", "MARK", "current_epoch", "cut_history", "heard", "record", "reply_tag"]
+__all__ = [
+    "HEARD_KEY",
+    "INSTRUCTIONS_KEY",
+    "INTERRUPTED",
+    "MARK",
+    "begin_turn",
+    "current_epoch",
+    "cut_history",
+    "heard",
+    "record",
+    "reply_tag",
+    "system_prompt",
+]
