@@ -87,8 +87,14 @@ def test_interim_transcripts_do_not_split_or_open_turns() -> None:
     assert metrics_of(out)[-1].interim_transcripts == 1  # counted for the turn it preceded
 
 
-def test_a_plain_chain_gets_the_same_metrics_as_before() -> None:
+def test_a_text_chain_gets_no_voice_metrics() -> None:
     m = OutputMapper(16000)
+    out = m.map("out", Text(text="x"), 1.0, 0, 1.25) + m.close_turn(1.5)
+    assert metrics_of(out) == []  # no audio, no transcript, no VAD mark: a text chain
+
+
+def test_a_plain_chain_told_it_is_voice_gets_the_same_metrics_as_before() -> None:
+    m = OutputMapper(16000, voice=True)
     out = m.map("out", Text(text="x"), 1.0, 0, 1.25) + m.close_turn(1.5)
     (met,) = metrics_of(out)
     assert met.first_text_ms == 250.0 and met.breakdown is None

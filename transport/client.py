@@ -12,6 +12,7 @@ as ``chains.AudioFrame`` at the rate announced in ``ready``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -20,11 +21,12 @@ from typing import Any, TextIO
 import anyio
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from chains.audio import FRAME_MS, read_wav, silence, split_frames, write_wav
 from chains.errors import ChainsError
 from chains.messages import AudioFrame
+from chains.spec import describe_type
 from transport.protocol import (
     Done,
     End,
@@ -45,30 +47,77 @@ from transport.protocol import (
 
 
 class ClientError(ChainsError):
-    """The server refused the session or closed it with an error."""
+    """Every failure of the client: it cannot connect, the server refused the session
+    (``code``: ``overloaded``, ``unauthorized``, ...) or closed it (``close_code``, and the
+    server's ``reason``), a message it cannot decode, an output that is not of the
+    chain's declared type."""
 
-    def __init__(self, message: str, code: str | None = None, close_code: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        close_code: int | None = None,
+        reason: str = "",
+    ):
         super().__init__(message)
         self.code = code
         self.close_code = close_code
+        self.reason = reason
+
+
+_CLOSE_CODES = {1013: "overloaded", 1008: "policy", 1009: "too_big", 1011: "internal", 1001: "going_away"}
+
+
+def _closed(e: ConnectionClosed, doing: str) -> ClientError:
+    """A ``ClientError`` for a connection the server (or the network) closed."""
+    frame = e.rcvd if e.rcvd is not None else e.sent
+    code = frame.code if frame is not None else None
+    reason = frame.reason if frame is not None else ""
+    said = f"{code} {reason}".strip() if code is not None else "no close frame"
+    return ClientError(
+        f"connection closed while {doing} ({said})",
+        code=_CLOSE_CODES.get(code) if code is not None else None,
+        close_code=code,
+        reason=reason,
+    )
+
+
+def output_types(chain: Any) -> dict[str, Any]:
+    """The item type of each output of a ``@chains.chain`` (what the client decodes into)."""
+    graph = getattr(chain, "graph", None)
+    if graph is None:
+        raise ChainsError(f"expected a @chains.chain, got {chain!r}")
+    return {name: h.type for name, h in graph.outputs.items()}
 
 
 class Client:
-    """One session with a chains server; ``async with`` opens it and waits for ``ready``."""
+    """One session with a chains server; ``async with`` opens it and waits for ``ready``.
+
+    ``chain`` names the server's chain to run, or is the ``@chains.chain`` itself: then
+    its name is sent, and each generic ``output`` message's data comes back decoded into
+    the output's declared type (an ``Embedding``, a ``chains.Message`` of yours, ...), not
+    as plain JSON. ``types`` gives those types by output name when the chain is not at
+    hand. Every failure raises ``ClientError``."""
 
     def __init__(
         self,
         url: str,
         *,
         sample_rate: int = 16000,
-        chain: str | None = None,
+        chain: Any = None,
         token: str | None = None,
         output_sample_rate: int | None = None,
         max_size: int | None = 4 << 20,
         open_timeout: float = 10.0,
+        types: dict[str, Any] | None = None,
     ):
         self.url = url
         self.sample_rate = sample_rate
+        self.types: dict[str, Any] = {}
+        if chain is not None and not isinstance(chain, str):
+            self.types = output_types(chain)
+            chain = chain.name
+        self.types.update(types or {})
         self.chain = chain
         self.token = token
         self.requested_output_rate = output_sample_rate
@@ -98,17 +147,21 @@ class Client:
         except Exception as e:  # websockets' handshake errors (InvalidURI, InvalidStatus, ...)
             raise ClientError(f"cannot open a websocket to {self.url}: {e}") from e
         try:
-            await self._send(
-                Start(
-                    sample_rate=self.sample_rate,
-                    chain=self.chain,
-                    token=self.token,
-                    output_sample_rate=self.requested_output_rate,
+            # Refused before it read `start` (at its session limit): its error message or
+            # close frame, read next, says why.
+            with contextlib.suppress(ClientError):
+                await self._send(
+                    Start(
+                        sample_rate=self.sample_rate,
+                        chain=self.chain,
+                        token=self.token,
+                        output_sample_rate=self.requested_output_rate,
+                    )
                 )
-            )
             msg = await self._recv()
             if isinstance(msg, Error):
-                raise ClientError(f"{msg.code}: {msg.message}", msg.code, self.ws.close_code)
+                close = self.ws.close_code
+                raise ClientError(f"{msg.code}: {msg.message}", msg.code, close, self.ws.close_reason or "")
             if not isinstance(msg, Ready):
                 raise ClientError(f"expected `ready`, got {type(msg).__name__}")
             self.ready = msg
@@ -123,21 +176,34 @@ class Client:
 
     # --- sending ------------------------------------------------------------------------
     async def _send(self, msg: msgspec.Struct) -> None:
+        await self._send_raw(encode(msg), text=True)
+
+    async def _send_raw(self, data: bytes, text: bool = False) -> None:
         assert self.ws is not None
-        await self.ws.send(encode(msg), text=True)
+        try:
+            await self.ws.send(data, text=text)
+        except ConnectionClosed as e:
+            raise _closed(e, "sending") from None
+        except (OSError, WebSocketException) as e:
+            raise ClientError(f"cannot send to {self.url}: {type(e).__name__}: {e}") from e
 
     async def send_audio(self, pcm: bytes) -> None:
         """One chunk of PCM16LE mono audio at ``sample_rate`` (20 ms is the usual size)."""
-        assert self.ws is not None
-        await self.ws.send(pcm)
+        await self._send_raw(pcm)
 
     async def send_input(self, data: Any, input: str | None = None) -> None:
+        """One item for a non-audio chain input, as JSON: a ``chains.Message`` (a ``Text``,
+        your own Struct) or plain JSON data (a string becomes a ``Text`` on a ``Text``
+        input). ``input`` names the chain input; by default the first non-audio one.
+        ``end()`` afterwards says there is no more input."""
         await self._send(Input(data=data, input=input))
 
     async def interrupt(self, reason: str = "client") -> None:
+        """Barge-in: the server drops the current turn's work and outputs."""
         await self._send(InterruptMsg(reason=reason))
 
     async def end(self) -> None:
+        """No more input: the server finishes the session, sends ``done`` and closes."""
         await self._send(End())
 
     # --- receiving ----------------------------------------------------------------------
@@ -146,14 +212,32 @@ class Client:
         try:
             raw = await self.ws.recv()
         except ConnectionClosed as e:
-            rcvd = e.rcvd
-            code = rcvd.code if rcvd is not None else None
-            reason = rcvd.reason if rcvd is not None else ""
-            raise ClientError(f"connection closed ({code} {reason})".strip(), close_code=code) from None
+            raise _closed(e, "receiving") from None
+        except (OSError, WebSocketException) as e:
+            raise ClientError(f"cannot receive from {self.url}: {type(e).__name__}: {e}") from e
         if isinstance(raw, bytes):
             rate = self.ready.sample_rate if self.ready is not None else self.sample_rate
             return AudioFrame(pcm=raw, sample_rate=rate)
-        return decode_server(raw)
+        try:
+            msg = decode_server(raw)
+        except msgspec.MsgspecError as e:
+            raise ClientError(f"cannot decode a server message ({e}): {raw[:80]!r}") from e
+        if isinstance(msg, OutputMsg) and msg.name in self.types:
+            return OutputMsg(name=msg.name, data=self._decode(msg.name, msg.data))
+        return msg
+
+    def _decode(self, name: str, data: Any) -> Any:
+        """``data`` of output ``name`` as its declared type (left as is where the type is
+        not a concrete one msgspec can build)."""
+        t = self.types[name]
+        if t is Any or t is object or t is None:
+            return data
+        try:
+            return msgspec.convert(data, t)
+        except msgspec.ValidationError as e:
+            raise ClientError(f"output {name!r} is not a {describe_type(t)}: {e}") from e
+        except TypeError:
+            return data  # a type msgspec cannot build (a Protocol, a plain class)
 
     async def receive(self) -> ServerMessage | AudioFrame:
         """The next message; ``Done`` last, after which the server closes."""
@@ -289,4 +373,4 @@ def _format_metrics(m: Metrics) -> str:
     return "  ".join(parts)
 
 
-__all__ = ["Client", "ClientError", "run_client"]
+__all__ = ["Client", "ClientError", "output_types", "run_client"]

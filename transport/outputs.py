@@ -11,6 +11,11 @@ It ends when the chain says so (``EndOfTurn``), when a new transcript arrives af
 the previous turn's reply, at an interrupt, or at the end of the session; then
 one ``metrics`` message summarises it.
 
+These figures are voice figures: a session that has shown no sign of voice (no audio
+out, no transcript, no VAD timing mark) is a text chain's, and gets no ``metrics``
+messages (a text client reads its outputs, not a voice latency breakdown); a caller
+that knows may say so with ``OutputMapper(rate, voice=...)``.
+
 Voice turns get a latency breakdown. An interim transcript (a non-final
 ``TextDelta`` on ``transcript``) goes out with ``final: false`` and neither opens
 nor closes a turn. A control event with a ``silence_ms`` field (the VAD's
@@ -80,8 +85,10 @@ class _Turn:
 class OutputMapper:
     """Per-connection state of the mapping: resamplers per audio output, the open turn."""
 
-    def __init__(self, out_rate: int):
+    def __init__(self, out_rate: int, voice: bool | None = None):
         self.out_rate = out_rate
+        self._fixed_voice = voice
+        self.voice = bool(voice)  # None: decided by what the session produces
         self._resamplers: dict[str, Resampler] = {}
         self._turn: _Turn | None = None
         self._marks = _Marks()  # for the next turn
@@ -110,6 +117,8 @@ class OutputMapper:
             self._marks = _Marks()
         turn.n += 1
         turn.last = now
+        if self._fixed_voice is None and (name == TRANSCRIPT or isinstance(value, AudioFrame)):
+            self.voice = True
         if isinstance(value, AudioFrame):
             pcm = self._audio(name, value)
             turn.audio_ms += value.duration_ms  # (the resampler may hold some back for now)
@@ -151,6 +160,8 @@ class OutputMapper:
         msgs: list[Outgoing] = [Event(event=event_name(ev), data=data)]
         silence = getattr(ev, "silence_ms", None)
         if isinstance(silence, int | float):
+            if self._fixed_voice is None:
+                self.voice = True
             self._marks.speech_end = now - silence / 1000.0
             if getattr(ev, "end_of_turn", False):
                 self._marks.end_of_turn = now
@@ -179,7 +190,7 @@ class OutputMapper:
         """Close the open turn (if it produced anything) and summarise it."""
         turn = self._turn
         self._turn = None
-        if turn is None or turn.n == 0:
+        if turn is None or turn.n == 0 or not self.voice:
             return []
         self.turns += 1
 
