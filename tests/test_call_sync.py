@@ -57,5 +57,5 @@ def test_call_sync_shares_one_runtime_and_raises_node_errors():
 
 
 async def test_call_sync_in_a_running_loop_says_to_await_chains_call():
-    with pytest.raises(chains.ChainsError, match="use `await chains.call"):
+    with pytest.raises(chains.ChainsError, match=r"use `await chains\.call"):
         chains.call_sync(upper, Text(text="a"))
