@@ -315,18 +315,19 @@ def spelling(doc: Stream[Text]):
     return slow_spell(doc)
 
 
-def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTP GET (run it in a thread from async code)."""
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    """A plain HTTP GET (run it in a thread from async code). The headers come as
+    ``http.client``'s message: looked up without regard to case, as HTTP names are."""
     import urllib.error
     import urllib.request
 
     req = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, e.headers, e.read()
 
 
-async def aget(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def aget(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
     return await anyio.to_thread.run_sync(lambda: http_get(url, headers))

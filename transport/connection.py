@@ -18,14 +18,11 @@ from typing import Any
 
 import anyio
 import msgspec
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from chains.audio import PcmResampler, pcm_problem
 from chains.errors import Overloaded
 from chains.messages import AudioFrame, Text
-from transport.http import request_token, token_matches
+from transport.http import token_from, token_matches
 from transport.outputs import OutputMapper
 from transport.protocol import (
     CLOSE_GOING_AWAY,
@@ -46,12 +43,13 @@ from transport.protocol import (
     encode,
 )
 from transport.settings import ConnectionSettings
+from transport.wsocket import AsgiSocket, SocketClosed
 
 
 class Connection:
     """One websocket, one session. It sees the server only through ``settings``."""
 
-    def __init__(self, settings: ConnectionSettings, ws: ServerConnection):
+    def __init__(self, settings: ConnectionSettings, ws: AsgiSocket):
         self.settings = settings
         self.ws = ws
         self.limits = settings.limits
@@ -76,7 +74,7 @@ class Connection:
             self._scope = scope
             try:
                 await self._run()
-            except ConnectionClosed:
+            except SocketClosed:
                 pass
             except Exception as e:  # a bug in chains: log it, tell the client, close with 1011
                 self.settings.log.error(
@@ -97,27 +95,24 @@ class Connection:
         ws = self.ws
         with anyio.CancelScope(shield=True):
             if self.stalled:
-                ws.transport.abort()  # the client reads nothing: no close frame can get through
+                ws.abort()  # the client reads nothing: no close frame can get through
                 return
             with anyio.move_on_after(self.limits.close_timeout_s):
-                if error is not None and ws.state is State.OPEN:
-                    with contextlib.suppress(ConnectionClosed):
-                        await ws.send(encode(error), text=True)
+                if error is not None and ws.open:
+                    with contextlib.suppress(SocketClosed):
+                        await ws.send(encode(error).decode())
                 await ws.close(code, reason[:120])
-            if ws.state is not State.CLOSED:
-                ws.transport.abort()
+            if ws.open:
+                ws.abort()
 
     # --- sending ------------------------------------------------------------------------
     async def send(self, msg: Any) -> None:
-        if isinstance(msg, bytes | bytearray | memoryview):
-            data, text = msg, False
-        else:
-            data, text = encode(msg), True
+        data = msg if isinstance(msg, bytes | bytearray | memoryview) else encode(msg).decode()
         if self._pending == 0:
             self._pending_since = time.monotonic()
         self._pending += 1
         try:
-            await self.ws.send(data, text=text)
+            await self.ws.send(data)
         finally:
             self._pending -= 1
             self.last_tx = time.monotonic()
@@ -154,7 +149,11 @@ class Connection:
     async def _await_start(self) -> Start | None:
         timeout = self.limits.start_timeout_s
         with anyio.move_on_after(timeout):
-            async for raw in self.ws:
+            while True:
+                try:
+                    raw = await self.ws.recv()
+                except SocketClosed:
+                    return None  # the client went away
                 self.last_rx = time.monotonic()
                 if not self._size_ok(raw):
                     return None
@@ -184,7 +183,6 @@ class Connection:
                     await self.error(*problem)
                     continue
                 return msg
-            return None  # the client went away
         self.stop(
             CLOSE_POLICY,
             "no start",
@@ -194,7 +192,10 @@ class Connection:
 
     def _authorized(self, start: Start) -> bool:
         """The token in ``start``, else the one the websocket handshake carried."""
-        return token_matches(start.token or request_token(self.ws.request), self.settings.token)
+        ws = self.ws
+        return token_matches(
+            start.token or token_from(ws.header("authorization"), ws.query_string), self.settings.token
+        )
 
     def _start_problem(self, start: Start) -> tuple[str, str] | None:
         rates = self.limits.sample_rates
@@ -249,7 +250,7 @@ class Connection:
         mapper = self._mapper
         assert mapper is not None
         mono = time.monotonic
-        transport = self.ws.transport
+        ws = self.ws
         try:
             while True:
                 try:
@@ -258,14 +259,14 @@ class Connection:
                     break
                 for msg in mapper.map(out.name, out.value, out.origin, out.epoch, mono()):
                     await self.send(msg)
-                buffered = transport.get_write_buffer_size()
+                buffered = ws.buffered()
                 if buffered > self.max_buffered:
                     self.max_buffered = buffered
             await self._flush_audio(mapper)
             for msg in mapper.close_turn(mono()):
                 await self.send(msg)
             await self.send(Done())
-        except ConnectionClosed:
+        except SocketClosed:
             self.stop(CLOSE_NORMAL, "client went away")
             return
         self.settings.stats["done"] += 1
@@ -288,7 +289,8 @@ class Connection:
         resampler = PcmResampler(client_rate, in_rate) if client_rate != in_rate else None
         limit = self.limits.max_message_bytes
         try:
-            async for raw in self.ws:
+            while True:
+                raw = await self.ws.recv()
                 self.last_rx = time.monotonic()
                 if not self._size_ok(raw):
                     return
@@ -324,7 +326,7 @@ class Connection:
                     sess.close_inputs()
                 elif isinstance(msg, Start):
                     await self.error("already_started", f"session {sess.id} has already started")
-        except ConnectionClosed:
+        except SocketClosed:
             pass
         self.stop(CLOSE_NORMAL, "client went away")
         scope.cancel()

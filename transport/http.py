@@ -1,6 +1,6 @@
 """Plain HTTP on a websocket port (through ``process_request``): one helper for
-``/healthz``, ``/metrics`` and the token check, shared by every websocket server in
-chains (the chain server and the remote stage host).
+``/healthz``, ``/metrics`` and the token check, used by the remote stage host's
+``websockets`` server; the token helpers are shared with the ASGI app (transport/app.py).
 
     process_request = http_endpoints(metrics_text, health, token, fallback=static_files)
     await websockets.asyncio.server.serve(handler, host, port, process_request=process_request)
@@ -52,10 +52,16 @@ def request_token(request: Request | None) -> str | None:
     """The token a request carries: ``Authorization: Bearer TOKEN``, else ``?token=``."""
     if request is None:
         return None
-    auth = request.headers.get("Authorization", "")
+    return token_from(request.headers.get("Authorization"), request.path.partition("?")[2])
+
+
+def token_from(authorization: str | None, query: str) -> str | None:
+    """The token from an ``Authorization`` header value, else from a query string's
+    ``token=`` (every server here, websocket or ASGI, reads it this way)."""
+    auth = authorization or ""
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    vals = parse_qs(request.path.partition("?")[2]).get("token")
+    vals = parse_qs(query).get("token")
     return vals[0] if vals else None
 
 
@@ -113,5 +119,6 @@ __all__ = [
     "is_websocket",
     "request_token",
     "response",
+    "token_from",
     "token_matches",
 ]

@@ -1,13 +1,16 @@
-"""The websocket server: one websocket is one session of a chain's runtime.
+"""The chain server: our websocket protocol, HTTP endpoints for every chain, the
+OpenAI-compatible endpoints, ``/healthz``, ``/metrics`` and the browser page, on one
+port.
 
-Built on ``websockets.asyncio.server.serve``. The same port answers plain HTTP
-through ``process_request``: ``GET /`` the browser voice page (demos/web/),
-``GET /metrics`` the Prometheus text of every live runtime, ``GET /healthz`` a
-JSON health summary (503 when a stage is unhealthy). Limits (``Limits``) bound
-everything a client can make the server hold: message size, live sessions, idle
-time, time to ``start``, and how long a client may stop reading.
+Starlette routing (transport/app.py, where every route is listed) on uvicorn
+(httptools for HTTP/1.1, its sans-I/O websocket protocol with our limits:
+transport/wsocket.py). uvicorn runs inside the caller's event loop beside the
+runtimes, so HTTP requests, websocket sessions and the batchers share one loop and
+batch together. Limits (``Limits``) bound everything a client can make the server
+hold: message and body size, live sessions and requests (with a short waiting room),
+idle time, time to ``start``, and how long a client may stop reading.
 
-    async with transport.server.serve(chain, port=0) as srv:   # srv.url, srv.port
+    async with transport.server.serve(chain, port=0) as srv:   # srv.url, srv.http_url
         ...
     await transport.server.serve_forever(chain, host, port, token=..., max_sessions=...)
 """
@@ -15,8 +18,8 @@ time, time to ``start``, and how long a client may stop reading.
 from __future__ import annotations
 
 import contextlib
-import mimetypes
 import signal
+import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -25,20 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from websockets.asyncio.server import ServerConnection
-from websockets.asyncio.server import serve as ws_serve
-from websockets.http11 import Response
+import uvicorn
 
 from chains.errors import ChainError
 from runtime.engine import Runtime
 from runtime.logs import get_logger
 from runtime.metrics import prometheus_text
+from transport.admission import Slots
+from transport.app import build_app
 from transport.connection import Connection
-from transport.http import TEXT, http_endpoints, response
-from transport.protocol import CLOSE_OVERLOADED, Error, encode
 from transport.settings import ConnectionSettings, Limits
+from transport.wsocket import protocol_class
 
-WEB_ROOT = Path(__file__).resolve().parents[1] / "demos" / "web"
+WEB_ROOT = Path(__file__).resolve().parent / "web"  # shipped inside the package
 
 ChainsArg = Any | Sequence[Any] | Mapping[str, Any]
 
@@ -85,7 +87,6 @@ class ChainServer:
         self.stats: Counter[str] = Counter()
         self.log = get_logger(component="server")
         self._stack: contextlib.AsyncExitStack | None = None
-        self._ws: Any = None
         # what each connection sees of this server (the live runtimes and stats)
         self.settings = ConnectionSettings(
             limits=self.limits,
@@ -96,9 +97,11 @@ class ChainServer:
             runtimes=self.runtimes,
             stats=self.stats,
         )
-        self._process_request = http_endpoints(
-            prometheus_text, self._health, self.token, fallback=self._static
-        )
+        lim = self.limits
+        self.sessions = Slots(lim.max_sessions, lim.session_wait_s, lim.retry_after_s)
+        self.requests = Slots(lim.max_requests, lim.session_wait_s, lim.retry_after_s)
+        self.app = build_app(self, prometheus_text)
+        self._uv: uvicorn.Server | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> ChainServer:
@@ -116,28 +119,20 @@ class ChainServer:
             unknown = [n for n in self.remotes if not any(_has_node(c, n) for c in self.chains.values())]
             if unknown:
                 raise ChainError(f"--remote: no node {unknown[0]!r} in the served chain(s)")
-            lim = self.limits
-            self._ws = await ws_serve(
-                self._handler,
-                self.host,
-                self.port,
-                process_request=self._process_request,
-                compression=None,  # PCM does not deflate; compression would only cost CPU
-                max_size=2 * lim.max_message_bytes,  # past our own limit we still answer with an error
-                max_queue=lim.max_queue,
-                write_limit=lim.write_limit,
-                ping_interval=lim.ping_interval_s,
-                ping_timeout=lim.ping_timeout_s,
-                close_timeout=lim.close_timeout_s,
-                open_timeout=lim.start_timeout_s,
-                backlog=max(128, 2 * lim.max_sessions),  # a burst of connects must not overflow it
-            )
-            stack.push_async_callback(self._close_ws)
+            sock = _bind(self.host, self.port, backlog=max(128, 2 * self.limits.max_sessions))
+            config = self._config()
+            config.load()
+            self._uv = uvicorn.Server(config)
+            self._uv.lifespan = config.lifespan_class(config)  # "off": a no-op (uvicorn's _serve sets it)
+            await self._uv.startup(sockets=[sock])
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._uv.main_loop, name="uvicorn")
+            stack.push_async_callback(self._shutdown)
         except BaseException:
             await stack.__aexit__(*sys.exc_info())
             raise
         self._stack = stack
-        self.port = self._ws.sockets[0].getsockname()[1]
+        self.port = sock.getsockname()[1]
         self.log.info("serving", url=self.url, chains=list(self.chains))
         return self
 
@@ -145,16 +140,35 @@ class ChainServer:
         assert self._stack is not None
         return await self._stack.__aexit__(*exc)
 
-    async def _close_ws(self) -> None:
+    def _config(self) -> uvicorn.Config:
+        lim = self.limits
+        return uvicorn.Config(
+            self.app,
+            http="httptools",
+            ws=protocol_class(lim),
+            ws_max_size=2 * lim.max_message_bytes,  # past our own limit we still answer with an error
+            ws_max_queue=lim.max_queue,
+            ws_ping_interval=lim.ping_interval_s,
+            ws_ping_timeout=lim.ping_timeout_s,
+            ws_per_message_deflate=False,  # PCM does not deflate; compression would only cost CPU
+            lifespan="off",  # the runtimes are ours, started before the socket opens
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=int(max(1, lim.keepalive_s)),
+            timeout_graceful_shutdown=int(lim.close_timeout_s + 1),
+        )
+
+    async def _shutdown(self) -> None:
+        uv = self._uv
+        assert uv is not None
         with anyio.CancelScope(shield=True):
             for conn in list(self.connections):
                 if conn.stalled or conn._pending:
-                    conn.ws.transport.abort()  # its close frame could never be written
-            self._ws.close()
-            with anyio.move_on_after(self.limits.close_timeout_s + 1.0):
-                await self._ws.wait_closed()
+                    conn.ws.abort()  # its close frame could never be written
+            uv.should_exit = True
+            await uv.shutdown()
             for conn in list(self.connections):
-                conn.ws.transport.abort()
+                conn.ws.abort()
 
     @property
     def url(self) -> str:
@@ -167,28 +181,8 @@ class ChainServer:
     def runtime_for(self, name: str | None) -> Runtime | None:
         return self.settings.runtime_for(name)
 
-    # --- websocket ----------------------------------------------------------------------
-    async def _handler(self, ws: ServerConnection) -> None:
-        if len(self.connections) >= self.limits.max_sessions:
-            self.stats["overloaded"] += 1
-            msg = Error(
-                code="overloaded",
-                message=f"the server is at its limit of {self.limits.max_sessions} sessions",
-            )
-            with anyio.move_on_after(self.limits.close_timeout_s):
-                await ws.send(encode(msg), text=True)
-                await ws.close(CLOSE_OVERLOADED, "overloaded")
-            return
-        conn = Connection(self.settings, ws)
-        self.connections.add(conn)
-        self.stats["connections"] += 1
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
-
-    # --- plain HTTP on the same port (transport/http.py): /healthz, /metrics, the page --------
-    def _health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: 200 while every stage is healthy, else 503 naming the stages."""
         stages = {
             f"{name}/{st.name}": st.metrics.healthy for name, rt in self.runtimes.items() for st in rt.stages
         }
@@ -197,23 +191,18 @@ class ChainServer:
             "status": "ok" if ok else "unhealthy",
             "chains": list(self.runtimes),
             "sessions": len(self.connections),
+            "requests": self.requests.used,
             "unhealthy": [k for k, v in stages.items() if not v],
             "stats": dict(self.stats),
         }
 
-    def _static(self, path: str) -> Response:
-        root = self.web_root
-        name = "index.html" if path in ("/", "") else path.lstrip("/")
-        if root is None or not root.is_dir():
-            return response(404, b"no browser page here\n", TEXT)
-        files = {p.name: p for p in root.iterdir() if p.is_file()}  # flat: no path can escape the folder
-        f = files.get(name)
-        if f is None:
-            return response(404, b"not found\n", TEXT)
-        ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
-        if ctype.startswith("text/") or ctype.endswith("javascript"):
-            ctype += "; charset=utf-8"
-        return response(200, f.read_bytes(), ctype)
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket, bound here so that ``port=0`` is known at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.setblocking(False)
+    return sock
 
 
 def _has_node(chain: Any, name: str) -> bool:
@@ -254,7 +243,11 @@ async def serve_forever(
         chain, host, port, token=token, max_sessions=max_sessions, remotes=remotes, **options
     ) as srv:
         names = ", ".join(srv.runtimes)
-        print(f"chains: serving {names} on {srv.url}  (browser page: {srv.http_url})", flush=True)
+        print(
+            f"chains: serving {names} on {srv.url}  (HTTP: {srv.http_url}v1/chains/CHAIN, "
+            f"browser page: {srv.http_url})",
+            flush=True,
+        )
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
                 break

@@ -21,10 +21,17 @@ class Limits:
     """What one client may make the server hold, and for how long."""
 
     max_sessions: int = 64  # live websocket connections; over it: `overloaded`, close 1013
+    # At max_sessions a new session waits this long for a free slot (the waiting room)
+    # before it is refused; every refusal says when to retry (`retry_after_s`).
+    session_wait_s: float = 2.0
+    retry_after_s: float = 1.0
+    max_requests: int = 256  # HTTP chain requests in progress; over it (after the wait): 503
+    max_body_bytes: int = 32 << 20  # an HTTP request body over this: 413
     max_message_bytes: int = 1 << 20  # larger: `too_big`, close 1009
     idle_timeout_s: float = 120.0  # no message either way for this long: close 1001
     start_timeout_s: float = 10.0  # no valid `start` within this: close 1008
     stall_timeout_s: float = 10.0  # the client reads nothing for this long: close (1008, aborted)
+    keepalive_s: float = 5.0  # an idle HTTP keep-alive connection is closed after this
     close_timeout_s: float = 2.0
     ping_interval_s: float | None = 20.0  # keepalive pings; a peer that misses one is dropped
     ping_timeout_s: float | None = 20.0

@@ -1,0 +1,1 @@
+"""HTTP endpoints of the chain server: each chain, and the OpenAI-compatible ones."""

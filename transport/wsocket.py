@@ -1,0 +1,138 @@
+"""The websocket under a ``Connection``, on uvicorn: the ASGI messages plus the three
+things ASGI does not expose and our limits need.
+
+A client that stops reading must be detected and dropped (``stall_timeout_s``): that
+needs the socket's write buffer bounded at ``write_limit`` (so a send waits instead of
+buffering without end), its size, and a way to abort a socket whose close frame can
+never be written. Keepalive pings (``ping_interval_s``) report their round trip
+(``latency``). ``protocol_class(limits)`` makes uvicorn's websocket protocol (the
+sans-I/O one on the ``websockets`` library) apply these limits and put itself in the
+ASGI scope's extensions under ``EXTENSION``; ``AsgiSocket`` finds it there. Under
+another ASGI server (no extension) the socket still works, without the write-buffer
+figure and with a polite close instead of an abort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from transport.settings import Limits
+
+EXTENSION = "chains.websocket"
+
+
+class SocketClosed(Exception):
+    """The peer closed the websocket (or it was lost); ``code`` as received."""
+
+    def __init__(self, code: int = 1005):
+        super().__init__(code)
+        self.code = code
+
+
+def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
+    """uvicorn's websocket protocol with chains' write limit and close timeout, that
+    exposes itself to the app (``scope["extensions"][EXTENSION]``)."""
+
+    class ChainsWebSocketProtocol(WebSocketsSansIOProtocol):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.close_timeout = limits.close_timeout_s
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            transport.set_write_buffer_limits(high=limits.write_limit)
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)  # absent when the handshake was refused
+            if scope is not None:
+                scope["extensions"][EXTENSION] = self
+
+    return ChainsWebSocketProtocol
+
+
+class AsgiSocket:
+    """One accepted websocket as ``Connection`` uses it: receive a text or binary
+    message, send one, close, abort, and read the buffer and the ping round trip."""
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any):
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self._proto: Any = scope.get("extensions", {}).get(EXTENSION)
+        self.transport: Any = getattr(self._proto, "transport", None)
+        self.open = True
+        self.close_code: int | None = None
+
+    async def accept(self) -> None:
+        msg = await self._receive()
+        if msg["type"] != "websocket.connect":
+            raise SocketClosed(msg.get("code", 1006))
+        await self._send({"type": "websocket.accept"})
+
+    async def recv(self) -> str | bytes:
+        msg = await self._receive()
+        kind = msg["type"]
+        if kind == "websocket.receive":
+            text = msg.get("text")
+            return text if text is not None else msg["bytes"]
+        self.open = False
+        self.close_code = msg.get("code", 1005)
+        raise SocketClosed(self.close_code or 1005)
+
+    async def send(self, data: str | bytes) -> None:
+        if not self.open:
+            raise SocketClosed(self.close_code or 1006)
+        msg = (
+            {"type": "websocket.send", "text": data}
+            if isinstance(data, str)
+            else {
+                "type": "websocket.send",
+                "bytes": bytes(data),
+            }
+        )
+        try:
+            await self._send(msg)
+        except OSError as e:  # uvicorn's ClientDisconnected
+            self.open = False
+            raise SocketClosed(1006) from e
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if not self.open:
+            return
+        self.open = False
+        with contextlib.suppress(OSError, RuntimeError):  # already closed by the peer or the server
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def abort(self) -> None:
+        """Drop the socket without a close handshake (a peer that reads nothing)."""
+        self.open = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the peer's TCP window."""
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+
+    @property
+    def latency(self) -> float:
+        """The last keepalive ping's round trip in seconds (0 before the first pong)."""
+        return float(getattr(self._proto, "last_ping_rtt", 0.0))
+
+    def header(self, name: str) -> str | None:
+        key = name.lower().encode()
+        for k, v in self.scope.get("headers", []):
+            if k == key:
+                return v.decode("latin-1")  # type: ignore[no-any-return]
+        return None
+
+    @property
+    def query_string(self) -> str:
+        return self.scope.get("query_string", b"").decode("latin-1")  # type: ignore[no-any-return]
+
+
+__all__ = ["EXTENSION", "AsgiSocket", "SocketClosed", "protocol_class"]
