@@ -1,6 +1,7 @@
 # One-command set-up on a fresh machine with Python 3.11 and the package registries.
 #   make demo   set up, then run the voice demo on the embedded models (file mode)
 #   make test   set up, then run the whole test suite (unit + real-model integration)
+#   make docs   the API reference (pdoc, warnings as errors) in out/api
 PY     ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP   = $(VENV)/.chains-installed
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: setup demo test lint lock-check bench clean
+.PHONY: setup demo test lint lock-check bench docs clean
 
 setup: $(STAMP)
 
@@ -20,8 +21,11 @@ demo: setup
 	$(BIN)/chains run demos/voice.py --input demos/assets/question.wav --output reply.wav
 
 test: setup
-	$(BIN)/ruff check chains runtime transport nodes demos tests benchmarks
+	$(BIN)/ruff check chains runtime transport nodes demos tests benchmarks examples docs
 	$(BIN)/pytest -q -p no:cacheprovider
+
+docs: setup
+	$(BIN)/python docs/build_api.py out/api
 
 lock-check: setup
 	$(BIN)/chains lock --check

@@ -2,7 +2,8 @@
 
 Decorate functions and classes with ``@chains.node``, wire them in a
 ``@chains.chain`` function, and run them with ``chains.call``, ``chains.stream``
-or ``chains run FILE``. See DESIGN.md for the model.
+or ``chains run FILE``. The README (the package's description) tells the model;
+``help()`` on any name here, or the API reference (``make docs``), the details.
 """
 
 from chains.api import call, running, stream
@@ -30,19 +31,23 @@ from chains.messages import (
     Entities,
     Entity,
     ErrorEvent,
+    Heard,
     Interrupt,
     Message,
     SpeculativeTurn,
     SpeechStarted,
+    Spoken,
     Text,
     TextDelta,
     Utterance,
+    WordTiming,
 )
 from chains.models import ModelRef
 from chains.node import Chain, NodeClass, NodeDef, NodeTemplate, chain, node
 from chains.outputs import Output
 from chains.spec import Batch
 from chains.streams import Stream
+from chains.sync import call_sync
 
 __version__ = "0.1.0"
 
@@ -81,6 +86,7 @@ __all__ = [
     "Entities",
     "Entity",
     "ErrorEvent",
+    "Heard",
     "Interrupt",
     "LockError",
     "Message",
@@ -99,12 +105,15 @@ __all__ = [
     "Session",
     "SpeculativeTurn",
     "SpeechStarted",
+    "Spoken",
     "Stream",
     "Text",
     "TextDelta",
     "Utterance",
+    "WordTiming",
     "WrongResultType",
     "call",
+    "call_sync",
     "chain",
     "collect",
     "context",

@@ -10,22 +10,86 @@ per replica, and the template called on handles adds a node.
 from __future__ import annotations
 
 import functools
+import inspect
+import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from chains.errors import ChainError
 from chains.graph import Graph, Handle, build, call_site, current_graph
-from chains.spec import Batch, Device, NodeSpec, OnLate, Options, Placement, RouterName, analyse
+from chains.spec import (
+    Batch,
+    Device,
+    NodeSpec,
+    OnLate,
+    Options,
+    Placement,
+    RouterName,
+    Shape,
+    analyse,
+    describe_type,
+)
 
 F = TypeVar("F")
 
 
-class NodeDef:
+class _Documented:
+    """What ``help()`` and the API reference show of a decorated node: its own
+    signature (a class node's constructor options), its docstring, its shape, its
+    types and the options it was declared with, not the wrapper's.
+
+    ``__get__`` makes it a descriptor that returns itself (a node kept on a class stays
+    that node), which is also what tells ``pydoc`` and ``pdoc`` to document it as a
+    callable with a signature rather than as an instance of this wrapper."""
+
+    spec: NodeSpec
+
+    def _document(self, call_doc: str) -> None:
+        impl = self.spec.impl
+        self.__signature__ = inspect.signature(impl)
+        own = impl.__doc__
+        if own is None:  # a node in a module of its own is documented by the module
+            module = sys.modules.get(impl.__module__)
+            mod_doc = getattr(module, "__doc__", None) or ""
+            own = mod_doc if self.spec.name in mod_doc.split("\n", 1)[0] else ""
+        parts = (inspect.cleandoc(own), textwrap.fill(call_doc, 88), describe_node(self.spec))
+        self.__doc__ = "\n\n".join(p for p in parts if p)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self
+
+
+def describe_node(spec: NodeSpec) -> str:
+    """The node's shape, inputs, output and declared options, for its docstring."""
+    ins = ", ".join(
+        f"{p.name}: {'Stream[' + describe_type(p.type) + ']' if p.stream else describe_type(p.type)}"
+        for p in spec.params
+    )
+    out = "nothing (a sink)" if spec.out_type is None else describe_type(spec.out_type)
+    many = spec.shape in (Shape.STREAM, Shape.STREAM_MAP)
+    lines = [f"Shape: {spec.shape.value}; input(s): {ins}; output: {out}{' (streamed)' if many else ''}."]
+    defaults = Options()
+    set_ = [
+        f"{k}={getattr(spec.options, k)!r}"
+        for k in spec.options.__struct_fields__
+        if getattr(spec.options, k) != getattr(defaults, k)
+    ]
+    if set_:
+        lines.append("Node options: " + ", ".join(set_) + ".")
+    return "\n".join(lines)
+
+
+class NodeDef(_Documented):
     """A decorated function node."""
 
     def __init__(self, spec: NodeSpec):
         self.spec = spec
         functools.update_wrapper(self, spec.impl)
+        self._document(
+            f"A node: inside a @chains.chain, ``{spec.name}(x)`` on a node's output adds it to the "
+            "chain; anywhere else it is the plain function."
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         graph = current_graph()
@@ -39,12 +103,17 @@ class NodeDef:
         return f"<chains {self.spec.shape.value} {self.spec.name}>"
 
 
-class NodeClass:
+class NodeClass(_Documented):
     """A decorated class node: call it with constructor arguments to get a template."""
 
     def __init__(self, spec: NodeSpec):
         self.spec = spec
         functools.update_wrapper(self, spec.impl, updated=())
+        self._document(
+            f"A class node: ``{spec.name}(...)`` with the options above loads nothing yet; "
+            f"call the result on a chain's inputs, ``{spec.name}(...)(x)``. Its model loads "
+            "once per replica when a runtime starts."
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> NodeTemplate:
         if any(isinstance(a, Handle) for a in (*args, *kwargs.values())):
@@ -120,7 +189,16 @@ def node(
 
 
 def node(fn: Any = None, **options: Any) -> Any:
-    """Declare a node. See DESIGN.md for the five shapes and the options."""
+    """Declare a node: ``@chains.node`` or ``@chains.node(option=...)`` on a function or a
+    class.
+
+    The shape comes from the signature: a ``Stream[A]`` parameter makes a per-session
+    stream node, ``batch=chains.Batch(...)`` a batched map (``list[A] -> list[B]``), an
+    async generator a streaming map, anything else a map; several parameters make a
+    fan-in. The options (``budget_ms``, ``batch``, ``concurrency``, ``replicas``,
+    ``retries``, ``timeout_ms``, ``on_late``, routing, autoscaling and placement) are
+    described in the README's "Node shapes". A node's results are checked against its
+    return annotation (``chains.WrongResultType``)."""
     try:
         opts = Options(**options)
     except TypeError as e:

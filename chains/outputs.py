@@ -6,8 +6,6 @@ and ``EVENTS`` (control events: ``Interrupt``, ``EndOfTurn``, ...). A chain may 
 name an output after either (the compiler refuses it).
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 ERROR = "error"

@@ -56,7 +56,7 @@ Placement = Literal["local", "ray"]
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-node options (see DESIGN.md, "Node shapes")."""
+    """Per-node options (the README's "Node shapes" describes each)."""
 
     name: str | None = None
     budget_ms: float | None = None
@@ -67,7 +67,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     timeout_ms: float | None = None
     on_late: OnLate = "serve"
-    # --- replicas: routing, scaling, placement, supervision (DESIGN.md "Replicas") ---
+    # --- replicas: routing, scaling, placement, supervision (runtime/replicas.py) ---
     router: RouterName | None = None  # None: least busy; "prefix" for an LLM node with several replicas
     min_replicas: int | None = None  # autoscaling bounds: set either to let the stage scale
     max_replicas: int | None = None

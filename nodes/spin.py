@@ -6,7 +6,7 @@ whose reader, after each message, busy-waits (``sched_yield`` in a loop) for
 The engine waits so for every step's result while the worker computes it, and the
 worker so for the next step: on a 2-core machine that is a core of yielding
 spins beside Whisper, Piper and the model itself. Profiled here with four voice
-sessions (py-spy over the whole process tree, see BENCHMARKS.md): 20% of all
+sessions (py-spy over the whole process tree, in the repository's voice benchmark): 20% of all
 samples were that ``sched_yield`` loop, about as many as the model's own forward
 passes.
 

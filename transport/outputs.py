@@ -1,6 +1,6 @@
 """From a session's chain outputs to client protocol messages, with per-turn figures.
 
-The mapping goes by output name and payload type, as DESIGN.md promises the
+The mapping goes by output name and payload type, as the README tells the
 client: ``AudioFrame`` goes out as binary audio (resampled to the rate announced
 in ``ready``), an output named ``transcript`` as transcript events, ``Text`` and
 ``TextDelta`` as text events, ``ErrorEvent`` as ``error``, control events as
