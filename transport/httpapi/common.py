@@ -170,17 +170,20 @@ async def until_disconnect(request: Request, work: Callable[[], Awaitable[Any]])
     result: list[Any] = []
     failure: list[BaseException] = []
 
-    async def watch(scope: anyio.CancelScope) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            # in a task of its own: a failure there is handed over, never wrapped in a group
+            try:
+                result.append(await work())
+            except Exception as e:
+                failure.append(e)
+            finally:
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(run)
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg.cancel_scope)
-        try:
-            result.append(await work())
-        except Exception as e:  # raised outside the group, not wrapped in an ExceptionGroup
-            failure.append(e)
         tg.cancel_scope.cancel()
     if failure:
         raise failure[0]
