@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from transport.admission import Slots
 from transport.connection import Connection
+from transport.endpoints import voice_routes
 from transport.http import JSON, PROMETHEUS, TEXT, token_from, token_matches
 from transport.httpapi.chainapi import chain_endpoint
 from transport.httpapi.openai import openai_routes
@@ -71,6 +72,7 @@ def routes(served: Served, metrics_text: Callable[[], str | bytes]) -> list[Base
         Route("/metrics", _metrics(served, metrics_text), methods=["GET"]),
         Route("/v1/chains/{chain}", chain_endpoint(served), methods=["POST"]),
         *openai_routes(served),
+        *voice_routes(served),  # /v1/realtime (OpenAI Realtime), /twilio (Twilio Media Streams)
         # catch-alls last: the browser page's files, our websocket protocol on any path
         Route("/", _static(served), methods=["GET", "HEAD"]),
         Route("/{name}", _static(served), methods=["GET", "HEAD"]),

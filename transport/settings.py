@@ -39,6 +39,7 @@ class Limits:
     write_limit: int = 64 * 1024  # socket write buffer high-water mark (bytes)
     max_queue: int = 16  # received frames buffered before TCP backpressure
     sample_rates: tuple[int, ...] = SAMPLE_RATES
+    lead_ms: float = 200.0  # reply audio paced at real time, at most this far ahead of playback
 
 
 @dataclass

@@ -319,6 +319,11 @@ class RealtimeSession:
         self.later("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=int(end))
 
 
+def error_event(err: dict[str, Any]) -> str:
+    """An ``error`` server event (JSON text) outside a session (a refused connection)."""
+    return msgspec.json.encode({"type": "error", "event_id": new_id("event"), "error": err}).decode()
+
+
 def _closing(resp: Response) -> list[dict[str, Any]]:
     item = resp.item
     where = {"response_id": resp.id, "item_id": item.id, "output_index": 0, "content_index": 0}
@@ -360,4 +365,4 @@ def set_instructions(state: RealtimeSession, text: str) -> None:
     state.sess.meta[INSTRUCTIONS_KEY] = text
 
 
-__all__ = ["RealtimeOptions", "RealtimeSession", "run_session", "set_instructions"]
+__all__ = ["RealtimeOptions", "RealtimeSession", "error_event", "run_session", "set_instructions"]
