@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="`run --input`: show the model engines' logs on stderr instead of in the log file",
+        help="show the model engines' logs on the terminal instead of in the log file",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -250,6 +250,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.verbose:  # the engines' own output on the terminal (chains/enginelogs.py)
+        os.environ.setdefault("CHAINS_ENGINE_LOGS", "terminal")
     from runtime.logs import configure
 
     configure(json=True if args.log_json else None, level=args.log_level)

@@ -9,6 +9,13 @@ are ours (the transcript, the reply, the stage table, the one-line errors) go to
 duplicates of the original terminal fds, which the redirect does not touch.
 
 ``-v`` on the command line skips all this and the engines log to stderr as usual.
+
+From Python (a script calling ``chains.call``, not ``chains run``) the user's own
+output must stay on the terminal, so fds 1 and 2 are not taken for the whole run:
+``engine_output_to_log`` points them at the same log file only while an engine
+starts its processes (which keep the file as their stdout and stderr) and moves the
+engine's Python logger there, then gives the terminal back. ``CHAINS_ENGINE_LOGS``
+says otherwise: ``terminal`` (what ``-v`` means) or another log file's path.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",  # its fork warning
     "ORT_LOGGING_LEVEL": "3",  # onnxruntime: errors only
 }
+
+
+ENGINE_LOGS_ENV = "CHAINS_ENGINE_LOGS"  # "terminal", or a log file's path
+_redirected: Path | None = None  # the log fds 1 and 2 point at inside engine_logs_to
+_told = False  # the user was told once where the engine output goes
 
 
 def default_log_path() -> Path:
@@ -81,13 +93,16 @@ def engine_logs_to(path: Path | None = None) -> Iterator[Console]:
     root.addHandler(handler)
     root.setLevel(min(old_level or logging.WARNING, logging.WARNING))
     logging.captureWarnings(True)
+    global _redirected
     try:
         for fd in (1, 2):
             os.dup2(log.fileno(), fd)
+        _redirected = path
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # each distinct warning once, into the log
             yield console
     finally:
+        _redirected = None
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -105,6 +120,61 @@ def engine_logs_to(path: Path | None = None) -> Iterator[Console]:
         log.close()
 
 
+@contextlib.contextmanager
+def engine_output_to_log(logger: str = "vllm") -> Iterator[Path | None]:
+    """Around the start of a model engine's processes (vLLM's): what they write goes to
+    the run log (``$CHAINS_HOME/logs/run.log``, or ``CHAINS_ENGINE_LOGS``'s path) as it
+    does under ``chains run``, and so does the engine's Python ``logger`` in this
+    process afterwards; the terminal is this process's again when the block ends.
+    Yields the log's path, or None when the output stays where it is (inside
+    ``chains run``'s own redirect, or ``CHAINS_ENGINE_LOGS=terminal``)."""
+    want = os.environ.get(ENGINE_LOGS_ENV, "")
+    if _redirected is not None or want == "terminal":
+        yield _redirected
+        return
+    path = Path(want) if want else default_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    global _told
+    with open(path, "a", buffering=1, encoding="utf-8") as log:
+        log.write(
+            f"# {logger} engine started by {' '.join(sys.argv)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+        )
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        try:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            yield path
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            for fd, dup in saved.items():
+                os.dup2(dup, fd)
+                os.close(dup)
+    _log_to_file(logging.getLogger(logger), path)
+    if not _told:
+        _told = True
+        print(
+            f"chains: {logger} engine output: {path} ({ENGINE_LOGS_ENV}=terminal shows it here)",
+            file=sys.stderr,
+        )
+
+
+def _log_to_file(log: logging.Logger, path: Path) -> None:
+    """Replace ``log``'s handlers that write to the terminal by one on ``path``."""
+    terminal = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    for h in list(log.handlers):
+        if type(h) is logging.StreamHandler and h.stream in terminal:
+            log.removeHandler(h)
+            f = logging.FileHandler(path, encoding="utf-8")
+            f.setLevel(h.level)
+            f.setFormatter(h.formatter)
+            log.addHandler(f)
+
+
 def _terminal(stream: TextIO, fd: int) -> tuple[TextIO, bool]:
     """A stream to the terminal that survives the redirect of ``fd``: a duplicate of
     the fd when ``stream`` writes to it, else ``stream`` itself (a test runner's or an
@@ -117,4 +187,11 @@ def _terminal(stream: TextIO, fd: int) -> tuple[TextIO, bool]:
     return stream, False
 
 
-__all__ = ["QUIET_ENV", "Console", "default_log_path", "engine_logs_to"]
+__all__ = [
+    "ENGINE_LOGS_ENV",
+    "QUIET_ENV",
+    "Console",
+    "default_log_path",
+    "engine_logs_to",
+    "engine_output_to_log",
+]

@@ -28,6 +28,7 @@ import anyio
 import msgspec
 
 from chains import ModelError
+from chains.enginelogs import engine_output_to_log
 
 
 def pick_dtype() -> str:
@@ -195,9 +196,10 @@ def _build(entry: SharedEngine) -> None:
         config = ea.create_engine_config()
     except Exception as e:
         raise (option_error(e, args) or e) from e
-    entry.engine = AsyncLLM.from_vllm_config(
-        config, enable_log_requests=ea.enable_log_requests, disable_log_stats=ea.disable_log_stats
-    )
+    with engine_output_to_log("vllm"):  # its processes' output to the run log (chains/enginelogs.py)
+        entry.engine = AsyncLLM.from_vllm_config(
+            config, enable_log_requests=ea.enable_log_requests, disable_log_stats=ea.disable_log_stats
+        )
 
 
 async def acquire(args: dict[str, Any]) -> SharedEngine:
