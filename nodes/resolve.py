@@ -440,11 +440,39 @@ def silero_refs() -> list[ModelRef]:
     ]
 
 
+# --- Smart Turn v3.2 (out of the pipecat-ai wheel, by scripts/install_models.sh) ------------
+SMART_TURN = ("smart-turn-v3.2", "pipecat-ai", "1.14.0", "smart-turn-v3.2-cpu.onnx")
+
+
+def smart_turn_path(model: str = "smart-turn-v3.2") -> Path:
+    """The end-of-turn model's ONNX file: the one scripts/install_models.sh took out of
+    the pipecat-ai wheel into ``CHAINS_HOME/smart-turn-v3.2`` (with its licence), or a
+    local .onnx file. Never fetched here: nothing reaches a registry at run time."""
+    name, package, pin, onnx = SMART_TURN
+    if model != name:
+        return local_path(f"smart-turn:{model}", model, f"Smart Turn ONNX file ({name})")
+    folder = chains_home() / name
+    if not _manifest_ok(folder):
+        raise ModelError(
+            f"model {name!r}: {folder} missing or incomplete; it is taken out of the "
+            f"{package}=={pin} wheel by `bash scripts/install_models.sh .venv` (pipecat is not installed)"
+        )
+    return require(folder / onnx, name, package, min_bytes=1 << 20)
+
+
+def smart_turn_refs(model: str = "smart-turn-v3.2") -> list[ModelRef]:
+    path = smart_turn_path(model)
+    if model != SMART_TURN[0]:
+        return [ModelRef(name=f"smart-turn:{path.stem}", package="local", version="", paths=[str(path)])]
+    return [ModelRef(name=SMART_TURN[0], package=SMART_TURN[1], version=SMART_TURN[2], paths=[str(path)])]
+
+
 def main() -> None:
     """Prepare every default model now (so the first run does not pay for it)."""
     print(f"CHAINS_HOME={chains_home()}")
     for name, fn in (
         ("silero-vad", silero_path),
+        ("smart-turn-v3.2", smart_turn_path),
         ("whisper tiny.en", lambda: whisper_path("tiny.en")),
         ("whisper base", lambda: whisper_path("base")),
         ("smollm2", smollm2_path),

@@ -1,151 +1,96 @@
-"""Turn-taking pieces shared by the voice nodes: interim snapshots of an utterance,
-the VAD's timing mark, the adaptive end-of-turn rule, and the per-session board
-through which the words heard so far reach the VAD.
+"""The VAD's turn-taking state machine, apart from any model so that tests can script
+the speech probabilities (and the end-of-turn model's verdicts).
 
-Why a board: the VAD decides when the turn ends, and the words it would like to
-know (does the utterance end like a finished question, or on a trailing "and"?)
-come out of Whisper, downstream of it. A chain is a DAG, so they cannot flow back
-along an edge. ``transcripts`` (the node that passes final transcripts on to the
-LLM and drops interim ones) posts every transcript it sees on a small object kept
-in the session's ``meta`` (the one dict every node of a session shares), and the
-VAD reads it at its next audio frame. Without ``transcripts`` in the chain the
-board stays empty and the VAD uses its fixed end-of-turn silence.
+Which silence ends a turn, from the cheapest signal to the best one:
+
+- a fixed ``min_silence_ms``;
+- the words heard so far (``adaptive``, nodes/heard.py ``end_of_turn_ms``): shorter
+  after a finished question, longer after a trailing "and";
+- an end-of-turn model on the audio (``turn_model``, Smart Turn v3.2 in
+  nodes/smartturn.py): run at the first silence (and again every ``turn_every_ms``
+  of silence when that is set: measured on benchmarks/turnset.py's set, the model's
+  P(complete) of an unfinished sentence rises as the pause grows, so rechecks cut
+  more callers off: off by default), its probability that the turn is complete ends the turn at once when
+  it is at least ``turn_done``, holds it up to ``eot_max_ms`` of silence when it is
+  under ``turn_hold``, and leaves ``min_silence_ms`` in between. It hears how the
+  sentence ended, which a words rule cannot, and before Whisper has transcribed it.
+  With ``adaptive`` too, words that trail off ("... for", "um", a comma) hold the turn
+  to ``eot_max_ms`` whatever the model says (measured: on the set, the model alone cut
+  half the paused sentences off; with the words, 2 %).
+
+Where the reply's latency goes, and what starts it early:
+
+- speculative turns (``speculative``): at ``first_silence_ms`` of silence the turn
+  starts (STT, LLM, TTS) with its outputs held by the runtime; ``ConfirmTurn`` at the
+  end of turn releases them; the user speaking again abandons it
+  (``Interrupt(reason=ABANDONED)``: the runtime discards it, nothing is sent);
+- interim snapshots (``interim_ms``): the utterance so far, transcribed for the
+  client while the user speaks;
+- preemptive generation (``preemptive``, with both above): once the user has been
+  silent ``settle_ms`` a snapshot of the whole utterance goes to the STT (its
+  transcript is the final one: only silence follows, unless the user goes on). At
+  the first silence the speculative turn starts from words already known, a
+  ``Heard`` utterance the STT passes on without transcribing: that snapshot's
+  transcript when it is back, else the latest interim transcript when it heard all
+  but ``cover_ms`` of the speech (the LLM starts at once, the check still to come),
+  else it waits for the snapshot (no second transcription of the same audio). When
+  the check comes back with other words than the reply started from, the turn is
+  redone from them (``Interrupt(ABANDONED)``, a new ``SpeculativeTurn``); the turn is
+  never confirmed before the check. ``Preempted`` marks each verdict (hit or miss).
+
+With ``marks``, ``TurnTiming`` dates the end of speech before each turn. Counters over
+every session: ``speculated``, ``confirmed_turns``, ``abandoned``, ``preempted``,
+``preempt_hits``, ``preempt_misses``, ``model_runs``.
 """
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import numpy as np
 
-import chains
-from chains import (
-    ConfirmTurn,
-    Control,
-    Interrupt,
-    SpeculativeTurn,
-    SpeechStarted,
-    Text,
-    TextDelta,
-    Utterance,
-)
+from chains import ConfirmTurn, Interrupt, SpeculativeTurn, SpeechStarted, Utterance
 from nodes.audio import float_to_pcm
+from nodes.heard import (
+    ABANDONED,
+    BOARD_KEY,
+    CONTINUATIONS,
+    Heard,
+    Interim,
+    Preempted,
+    Snapshot,
+    TurnBoard,
+    TurnTiming,
+    board,
+    end_of_turn_ms,
+    trails_off,
+    transcripts,
+    word_list,
+)
 
-BOARD_KEY = "nodes.turn.board"
-ABANDONED = "speculation_abandoned"  # the Interrupt reason when a speculative turn is dropped
-
-
-class Snapshot(Utterance, frozen=True):
-    """The utterance so far while the user still speaks: transcribed for an interim
-    transcript only (never answered). ``turn`` counts the VAD's utterances."""
-
-    turn: int = 0
-
-
-class Interim(TextDelta, frozen=True):
-    """The interim transcript of ``Snapshot`` ``turn`` (``final`` stays False): sent to
-    the client as ``transcript`` with ``final: false``. ``audio_ms``: how much of the
-    utterance it heard."""
-
-    turn: int = 0
-    audio_ms: float = 0.0
-
-
-class TurnTiming(Control, frozen=True):
-    """The VAD's mark of where the user's speech ended: ``silence_ms`` of silence had
-    been heard when it was emitted. ``end_of_turn`` is true when the turn is decided
-    (no speculation), false for the mark before a speculative turn. The transport
-    dates the end of speech from it for the per-turn latency breakdown."""
-
-    silence_ms: float
-    end_of_turn: bool = False
+VADOutput = Utterance | SpeechStarted | Interrupt | SpeculativeTurn | ConfirmTurn | TurnTiming | Preempted
+TurnModel = Callable[[np.ndarray], Awaitable[float]]  # 16 kHz audio of the turn -> P(complete)
+CHECK_WAIT_MS = 1500  # past eot_max_ms, a check that has not come back is given up
 
 
-class TurnBoard:
-    """What the VAD and ``transcripts`` of one session share: the VAD's current
-    utterance number and the latest words heard for it."""
+class _Pause:
+    """What one pause in the user's speech has learnt (all reset when they speak)."""
 
-    __slots__ = ("posts", "text", "text_ms", "text_turn", "turn")
+    __slots__ = ("check_ms", "next_check", "p", "preheard")
 
-    def __init__(self) -> None:
-        self.turn = 0  # the utterance the VAD is in (or last was in)
-        self.text = ""
-        self.text_turn = -1  # which utterance ``text`` belongs to
-        self.text_ms: float | None = None  # how much of it ``text`` heard (None: all of it)
-        self.posts = 0  # how many transcripts were posted (the VAD waits for its snapshot's)
-
-    def post(self, text: str, turn: int | None = None, audio_ms: float | None = None) -> None:
-        """Record words heard for ``turn`` (None: the VAD's current utterance), from its
-        first ``audio_ms`` (None: a transcript of the whole utterance so far)."""
-        turn = self.turn if turn is None else turn
-        self.posts += 1
-        if turn >= self.text_turn:
-            self.text, self.text_turn, self.text_ms = text, turn, audio_ms
-
-    def words(self, turn: int, spoken_ms: float | None = None, stale_ms: float = 300) -> str | None:
-        """The latest words heard of utterance ``turn`` (None when none yet); with
-        ``spoken_ms`` (how long the utterance's speech went on), None when they come
-        from a snapshot that missed more than ``stale_ms`` of it: a snapshot cut
-        mid-sentence ("... the capital of") says nothing about how the speech ended."""
-        if self.text_turn != turn:
-            return None
-        if spoken_ms is not None and self.text_ms is not None and spoken_ms - self.text_ms > stale_ms:
-            return None
-        return self.text
-
-
-def board() -> TurnBoard | None:
-    """This session's board (None when called outside a running session)."""
-    try:
-        meta = chains.context().meta
-    except RuntimeError:
-        return None
-    b = meta.get(BOARD_KEY)
-    if b is None:
-        b = meta[BOARD_KEY] = TurnBoard()
-    return b
-
-
-# Words after which a speaker usually goes on: a pause after them is a pause, not an end.
-_CONTINUATIONS = """
-    and so but or because um uh er erm like the a an of to with for in on at from my your
-    his her their our is are was were if then which that who whose where when than as
-"""
-CONTINUATIONS = frozenset(_CONTINUATIONS.split())
-_WORD = re.compile(r"[A-Za-z']+")
-
-
-def end_of_turn_ms(text: str | None, base_ms: float, min_ms: float, max_ms: float) -> float:
-    """The silence that ends a turn whose words so far are ``text``.
-
-    ``max_ms`` after a trailing continuation word, comma, dash or ellipsis ("and",
-    "so", "um", "the capital of..."); ``min_ms`` when the words end like a finished
-    question or sentence; ``base_ms`` otherwise (and when nothing was heard yet).
-    The result always lies within [min_ms, max_ms]."""
-    lo, hi = min(min_ms, max_ms), max(min_ms, max_ms)
-    base = min(max(base_ms, lo), hi)
-    t = (text or "").strip()
-    if not t:
-        return base
-    words = _WORD.findall(t.lower())
-    last = words[-1] if words else ""
-    if t.endswith((",", "-", "\u2014", "...", "\u2026", ";", ":")) or last in CONTINUATIONS:
-        return hi
-    if t.endswith(("?", "!")) or (t.endswith(".") and len(words) >= 2):  # ("Paris." may go on)
-        return lo
-    return base
-
-
-VADOutput = Utterance | SpeechStarted | Interrupt | SpeculativeTurn | ConfirmTurn | TurnTiming
+    def __init__(self, first_check: int) -> None:
+        self.p: float | None = None  # the end-of-turn model's latest probability
+        self.next_check = first_check  # silence (samples) at which to run the model next
+        self.check_ms: float | None = None  # the settle snapshot's length (ms): its words are final
+        self.preheard: str | None = None  # words the open speculative turn started from, unchecked
 
 
 class TurnTaking:
-    """The VAD's turn-taking state machine over (window, speech probability) pairs,
-    apart from any model so that tests can script the probabilities. See
-    nodes/vad.py for what each option does; times are in ms, ``rate`` and
-    ``window`` in samples."""
+    """Turn events and utterances from (window, speech probability) pairs. See
+    nodes/vad.py for what each option does; times are in ms, ``rate`` and ``window``
+    in samples."""
 
     def __init__(
         self,
@@ -162,39 +107,86 @@ class TurnTaking:
         eot_min_ms: float = 300,
         eot_max_ms: float = 1000,
         marks: bool = False,
+        turn_model: TurnModel | None = None,
+        turn_done: float = 0.5,
+        turn_hold: float = 0.5,
+        turn_every_ms: float = 0,
+        preemptive: bool = False,
+        settle_ms: float = 64,
+        cover_ms: float = 250,
         rate: int = 16000,
         window: int = 512,
     ):
         if first_silence_ms <= 0 or min_silence_ms <= 0:
             raise ValueError("SileroVAD first_silence_ms and min_silence_ms must be > 0")
-        if adaptive and not 0 < eot_min_ms <= min_silence_ms <= eot_max_ms:
+        if (adaptive or turn_model is not None) and not 0 < eot_min_ms <= min_silence_ms <= eot_max_ms:
             raise ValueError(
                 "SileroVAD adaptive end of turn wants 0 < eot_min_ms <= min_silence_ms <= eot_max_ms, "
                 f"got {eot_min_ms}, {min_silence_ms}, {eot_max_ms}"
             )
+        if not 0 <= turn_hold <= turn_done <= 1:
+            raise ValueError(
+                f"SileroVAD wants 0 <= turn_hold <= turn_done <= 1, got {turn_hold}, {turn_done}"
+            )
+        if preemptive and not (speculative and interim_ms > 0):
+            raise ValueError("SileroVAD preemptive generation needs speculative=True and interim_ms > 0")
+        ms = rate / 1000
         self.rate, self.window = rate, window
         self.threshold = threshold
         self.neg_threshold = max(0.01, threshold - 0.15)
         self.min_silence_ms = float(min_silence_ms)
-        self.min_speech = int(min_speech_ms * rate / 1000)
-        self.pad_windows = max(1, int(pad_ms * rate / 1000) // window)
+        self.min_speech = int(min_speech_ms * ms)
+        self.pad_windows = max(1, int(pad_ms * ms) // window)
         self.max_speech = int(max_speech_s * rate)
         self.interrupt = interrupt
         self.speculative = speculative
-        self.first_silence = int(first_silence_ms * rate / 1000)
-        self.interim = int(interim_ms * rate / 1000)
+        self.first_silence = int(first_silence_ms * ms)
+        self.interim = int(interim_ms * ms)
         self.adaptive = adaptive
         self.eot_min_ms = float(eot_min_ms)
         self.eot_max_ms = float(eot_max_ms)
         self.marks = marks
+        self.turn_model = turn_model
+        self.turn_done, self.turn_hold = turn_done, turn_hold
+        self.turn_every = int(turn_every_ms * ms) if turn_every_ms > 0 else None  # None: first silence only
+        self.preemptive = preemptive
+        self.settle = max(window, int(settle_ms * ms))
+        self.cover_ms = float(cover_ms)
         self.speculated = self.confirmed_turns = self.abandoned = 0
+        self.preempted = self.preempt_hits = self.preempt_misses = self.model_runs = 0
 
-    def end_of_turn(self, words: str | None) -> int:
-        """Samples of silence that end the turn, given the words heard so far."""
+    def end_of_turn(self, words: str | None, p: float | None = None) -> int:
+        """Samples of silence that end the turn, given the words heard so far and the
+        end-of-turn model's latest probability (None: not run)."""
+        hi = int(self.eot_max_ms * self.rate / 1000)
+        if p is not None:
+            if self.adaptive and trails_off(words):
+                return hi  # the words say the sentence goes on, whatever the melody
+            if p >= self.turn_done:
+                return 0  # the model heard a finished turn: now (it runs from the first silence on)
+            if p < self.turn_hold:
+                return hi
         ms = self.min_silence_ms
         if self.adaptive:
             ms = end_of_turn_ms(words, ms, self.eot_min_ms, self.eot_max_ms)
         return int(ms * self.rate / 1000)
+
+    def _judge(self, pause: _Pause, final: str) -> list[VADOutput]:
+        """The check of a preemptive start came back with ``final``: a hit, or a miss
+        and the turn redone from the final words."""
+        started, pause.preheard = pause.preheard or "", None
+        if word_list(started) == word_list(final):
+            self.preempt_hits += 1
+            return [Preempted(hit=True, interim=started, final=final)]
+        self.preempt_misses += 1
+        self.abandoned += 1
+        self.speculated += 1
+        return [
+            Preempted(hit=False, interim=started, final=final),
+            Interrupt(reason=ABANDONED),
+            SpeculativeTurn(reason="final transcript differs"),
+            Heard(pcm=b"", sample_rate=self.rate, text=final),
+        ]
 
     async def turns(
         self, windows: AsyncIterator[tuple[np.ndarray, float]], hints: TurnBoard | None = None
@@ -202,6 +194,7 @@ class TurnTaking:
         """Turn events and utterances from (window, speech probability) pairs; the
         words heard come from ``hints`` (default: the session's board)."""
         hints = hints or board()
+        ms = self.rate / 1000
         turn = 0
         before: deque[np.ndarray] = deque(maxlen=self.pad_windows + 1)  # windows before speech
         speech: list[np.ndarray] = []  # windows of the current utterance (from its pad)
@@ -210,9 +203,22 @@ class TurnTaking:
         spec = 0  # windows in the speculative utterance (0: no speculative turn open)
         snap_at = 0  # speech length (samples) at the last snapshot
         snap_posts = -1  # the board's post count when the last snapshot went (-1: none awaited)
+        pause = _Pause(self.first_silence)
 
         def utterance(n: int | None = None) -> Utterance:
             return Utterance(pcm=float_to_pcm(np.concatenate(speech[:n])), sample_rate=self.rate)
+
+        def timing(end: bool = False) -> list[VADOutput]:
+            if not self.marks:
+                return []
+            return [
+                TurnTiming(
+                    silence_ms=silence / ms,
+                    end_of_turn=end,
+                    preheard=pause.preheard is not None,
+                    probability=pause.p,
+                )
+            ]
 
         async for window, p in windows:
             if not speaking:
@@ -223,6 +229,7 @@ class TurnTaking:
                     before.clear()
                     turn += 1
                     snap_at, snap_posts = 0, -1
+                    pause = _Pause(self.first_silence)
                     if hints is not None:
                         hints.turn = turn
                 continue
@@ -233,6 +240,7 @@ class TurnTaking:
                     self.abandoned += 1
                     yield Interrupt(reason=ABANDONED)
                 voiced, silence = voiced + self.window + silence, 0
+                pause = _Pause(self.first_silence)
             elif p < self.neg_threshold:
                 silence += self.window
             # (between the two thresholds: neither more speech nor more silence)
@@ -245,7 +253,7 @@ class TurnTaking:
                 if silence >= self.end_of_turn(None):  # a blip too short to be speech: forget it
                     speaking, speech, voiced, silence = False, [], 0, 0
                 continue
-            spoken_ms = 1000 * (len(speech) * self.window - silence) / self.rate
+            spoken_ms = (len(speech) * self.window - silence) / ms
             words = hints.words(turn, spoken_ms) if hints is not None else None
             if self.interim and not spec and silence == 0:
                 grown = len(speech) * self.window - snap_at
@@ -255,58 +263,95 @@ class TurnTaking:
                     snap_at = len(speech) * self.window
                     snap_posts = hints.posts if hints is not None else -1
                     yield Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
-            eot = self.end_of_turn(words)
-            if self.speculative and not spec and self.first_silence <= silence < eot:
-                spec = len(speech)
-                self.speculated += 1
-                if self.marks:
-                    yield TurnTiming(silence_ms=1000 * silence / self.rate)
-                yield SpeculativeTurn(reason="first silence")
-                yield utterance(spec)
-            elif silence >= eot:
+            if self.preemptive and pause.check_ms is None and not spec and silence >= self.settle:
+                snap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
+                pause.check_ms = snap.duration_ms
+                yield snap  # the user stopped: this transcript is the final one
+            eot_max = int(self.eot_max_ms * ms)
+            if self.turn_model is not None and pause.next_check <= silence < eot_max:
+                pause.p = await self.turn_model(np.concatenate(speech))
+                pause.next_check = silence + self.turn_every if self.turn_every else 1 << 62
+                self.model_runs += 1
+            eot = self.end_of_turn(words, pause.p)
+            final = None
+            if pause.check_ms is not None and hints is not None:
+                final = hints.interim(turn, pause.check_ms)
+            given_up = silence >= eot_max + CHECK_WAIT_MS * ms  # a check that never came back
+            if self.speculative and not spec and silence >= self.first_silence:
+                start: Utterance | None = None
+                if not self.preemptive or pause.check_ms is None or given_up:
+                    start = utterance()
+                elif final is not None:
+                    start = Heard(pcm=b"", sample_rate=self.rate, text=final, turn=turn)
+                elif (
+                    words
+                    and hints is not None
+                    and hints.text_ms is not None
+                    and hints.text_ms >= spoken_ms - self.cover_ms
+                ):
+                    pause.preheard = words  # the latest interim heard (nearly) all of it: go now
+                    self.preempted += 1
+                    start = Heard(pcm=b"", sample_rate=self.rate, text=words, turn=turn)
+                if start is not None:  # (else: wait for the settle snapshot's words)
+                    spec = len(speech)
+                    self.speculated += 1
+                    for out in timing():
+                        yield out
+                    yield SpeculativeTurn(reason="first silence")
+                    yield start
+            if spec and pause.preheard is not None:
+                if final is not None:
+                    for out in self._judge(pause, final):
+                        yield out
+                elif given_up:  # no verdict: redo the turn from the whole utterance
+                    pause.preheard = None
+                    self.abandoned += 1
+                    yield Interrupt(reason=ABANDONED)
+                    yield SpeculativeTurn(reason="no final transcript")
+                    yield utterance(spec)
+            if silence >= eot and pause.preheard is None and (spec or not self.speculative):
                 if spec:
                     self.confirmed_turns += 1
                     yield ConfirmTurn()  # the speculative utterance is the turn: nothing re-emitted
                 else:
-                    if self.marks:
-                        yield TurnTiming(silence_ms=1000 * silence / self.rate, end_of_turn=True)
+                    for out in timing(end=True):
+                        yield out
                     yield utterance()
                 speaking = confirmed = False
                 speech, voiced, silence, spec = [], 0, 0, 0
+                pause = _Pause(self.first_silence)
             elif not spec and len(speech) * self.window >= self.max_speech:
                 yield utterance()  # a long turn goes on: no new barge-in for its next part
                 speech, snap_at = [], 0
         if speaking and confirmed:
-            if spec:  # the audio ended in the pause: the speculative turn stands
+            if spec:  # the audio ended in the pause: the speculative turn stands, once checked
+                waited = 0.0
+                while pause.preheard is not None and waited < CHECK_WAIT_MS / 1000:
+                    final = hints.interim(turn, pause.check_ms or -1) if hints is not None else None
+                    if final is not None:
+                        for out in self._judge(pause, final):
+                            yield out
+                        break
+                    await anyio.sleep(0.02)
+                    waited += 0.02
                 self.confirmed_turns += 1
                 yield ConfirmTurn()
             else:
-                if self.marks:
-                    yield TurnTiming(silence_ms=1000 * silence / self.rate, end_of_turn=True)
+                for out in timing(end=True):
+                    yield out
                 yield utterance()
-
-
-@chains.node
-def transcripts(heard: Text | TextDelta) -> Text | None:
-    """Pass final transcripts on (to the LLM); drop interim ones. Both are posted on
-    the session's ``TurnBoard`` for the VAD's adaptive end of turn."""
-    b = board()
-    if isinstance(heard, TextDelta) and not heard.final:
-        if b is not None:
-            b.post(heard.text, getattr(heard, "turn", None), getattr(heard, "audio_ms", None))
-        return None
-    if b is not None:
-        b.post(heard.text)
-    return heard if isinstance(heard, Text) else Text(text=heard.text)
 
 
 __all__ = [
     "ABANDONED",
     "BOARD_KEY",
     "CONTINUATIONS",
+    "Heard",
     "Interim",
+    "Preempted",
     "Snapshot",
     "TurnBoard",
+    "TurnModel",
     "TurnTaking",
     "TurnTiming",
     "VADOutput",

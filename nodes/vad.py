@@ -33,9 +33,20 @@ Turn-taking, which is where a voice reply's latency goes (see nodes/turn.py):
   interim transcript. A new one waits until the previous one's words came back
   (so a busy STT is not queued up with snapshots that are already old).
 - Adaptive end of turn (``adaptive``): the end-of-turn silence follows the words
-  heard so far (``nodes.turn.end_of_turn_ms``): ``eot_min_ms`` after a finished
+  heard so far (``nodes.heard.end_of_turn_ms``): ``eot_min_ms`` after a finished
   question or sentence, ``eot_max_ms`` after a trailing "and", "so", "um", and
   ``min_silence_ms`` otherwise.
+
+- End-of-turn model (``turn_model="smart-turn-v3.2"``, nodes/smartturn.py): the
+  audio of the turn is scored at the first silence (and every ``turn_every_ms`` of
+  silence after, when set) by one model for every session, batched across them; a probability
+  of at least ``turn_done`` ends the turn at once, under ``turn_hold`` holds it up to
+  ``eot_max_ms``, in between ``min_silence_ms``. The demo's thresholds were measured
+  on the turn-taking set (benchmarks/turnset.py), not guessed.
+- Preemptive generation (``preemptive``, with speculation and interim transcripts):
+  the speculative turn starts from an interim transcript that already heard the
+  utterance, checked against the transcript of the whole utterance taken
+  ``settle_ms`` into the silence; see nodes/turn.py.
 
 With ``marks`` the node also yields ``TurnTiming`` before each turn (speculative or
 not), which dates the end of the user's speech for the per-turn latency breakdown.
@@ -43,7 +54,8 @@ All of these are off by default (demos/voice.py turns them on).
 
 The state machine is ``nodes.turn.TurnTaking`` (``self.turning``): its
 ``speculated``, ``confirmed_turns`` and ``abandoned`` count speculative turns over
-every session (hits are confirmed ones, misses abandoned ones).
+every session (hits are confirmed ones, misses abandoned ones), ``preempted``,
+``preempt_hits`` and ``preempt_misses`` the turns started from an interim transcript.
 """
 
 from __future__ import annotations
@@ -79,11 +91,23 @@ class SileroVAD:
         eot_min_ms: float = 300,
         eot_max_ms: float = 1000,
         marks: bool = False,
+        turn_model: str | None = None,
+        turn_done: float = 0.5,
+        turn_hold: float = 0.5,
+        turn_every_ms: float = 0,
+        preemptive: bool = False,
+        settle_ms: float = 64,
+        cover_ms: float = 250,
     ):
         import onnxruntime
 
         from nodes.resolve import loading, silero_path
 
+        self.smart_turn = None
+        if turn_model:
+            from nodes.smartturn import SmartTurnModel
+
+            self.smart_turn = SmartTurnModel(turn_model)
         self.turning = TurnTaking(
             threshold=threshold,
             min_silence_ms=min_silence_ms,
@@ -98,6 +122,13 @@ class SileroVAD:
             eot_min_ms=eot_min_ms,
             eot_max_ms=eot_max_ms,
             marks=marks,
+            turn_model=self.smart_turn.probability if self.smart_turn is not None else None,
+            turn_done=turn_done,
+            turn_hold=turn_hold,
+            turn_every_ms=turn_every_ms,
+            preemptive=preemptive,
+            settle_ms=settle_ms,
+            cover_ms=cover_ms,
             rate=RATE,
             window=WINDOW,
         )
@@ -112,10 +143,12 @@ class SileroVAD:
             )
 
     @classmethod
-    def chains_models(cls, *args: object, **kwargs: object) -> list[chains.ModelRef]:
-        from nodes.resolve import silero_refs
+    def chains_models(
+        cls, *args: object, turn_model: str | None = None, **kwargs: object
+    ) -> list[chains.ModelRef]:
+        from nodes.resolve import silero_refs, smart_turn_refs
 
-        return silero_refs()
+        return silero_refs() + (smart_turn_refs(turn_model) if turn_model else [])
 
     def new_state(self) -> dict[str, np.ndarray]:
         return {

@@ -27,6 +27,9 @@ utterances (from any number of sessions) is transcribed in one call:
 
 A batch of one takes the plain ``WhisperModel.transcribe`` path.
 
+A ``Heard`` utterance (preemptive generation, nodes/turn.py) carries words already
+transcribed: its text goes on as the final transcript without a Whisper pass.
+
 Interim transcripts: a ``Snapshot`` (the VAD's utterance so far, see
 nodes/turn.py) comes back as an ``Interim`` transcript (a ``TextDelta`` with
 ``final`` false) and rides in the same batches as final utterances.
@@ -47,7 +50,7 @@ import xxhash
 import chains
 from chains import Text, TextDelta, Utterance
 from nodes.audio import pcm_to_float, resample
-from nodes.turn import Interim, Snapshot
+from nodes.heard import Heard, Interim, Snapshot
 
 RATE = 16000
 MIN_CLIP = RATE // 10  # clips shorter than 100 ms are padded, so each has its own seek
@@ -215,6 +218,11 @@ class WhisperSTT:
         """A ``Text`` per utterance; an ``Interim`` (a non-final ``TextDelta``) per
         ``Snapshot`` of an utterance still being spoken. Both kinds share one batch:
         interim passes of every session pack into the same windows as final ones."""
+        known = {i: u.text for i, u in enumerate(utterances) if isinstance(u, Heard)}
+        if known:  # words already heard (preemptive generation): passed on, not transcribed
+            rest = [u for u in utterances if not isinstance(u, Heard)]
+            texts = iter(self(rest) if rest else [])
+            return [Text(text=known[i]) if i in known else next(texts) for i in range(len(utterances))]
         clips = []
         for u in utterances:
             x = pcm_to_float(u.pcm)

