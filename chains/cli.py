@@ -75,12 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--check", action="store_true", help="exit 1 if chains.lock does not match")
     lk.add_argument("--lock", type=Path, default=Path("chains.lock"))
 
-    c = sub.add_parser("client", help="talk to a chains server from a wav file")
-    c.add_argument("url")
+    c = sub.add_parser("client", help="talk to a chains server from a file (ws:// session, or http://)")
+    c.add_argument("url", help="ws://HOST:PORT (a session) or http://HOST:PORT[/v1/chains/NAME] (a request)")
     c.add_argument("--input", type=Path, required=True)
     c.add_argument("--output", type=Path)
     c.add_argument("--fast", action="store_true", help="send audio as fast as possible, not in real time")
     c.add_argument("--token", default=os.environ.get("CHAINS_TOKEN"))
+    c.add_argument("--chain", help="the chain to call (default: the server's only one)")
 
     b = sub.add_parser("bench", help="run a benchmark: overhead, batching, transport, voice, lockhash")
     b.add_argument("name")
@@ -204,9 +205,14 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    if args.url.startswith(("http://", "https://")):  # request/response over HTTP
+        from transport.httpclient import run_http_client
+
+        return run_http_client(args.url, args.input, chain=args.chain, token=args.token)
     from transport.client import run_client
 
-    return asyncio.run(run_client(args.url, args.input, args.output, fast=args.fast, token=args.token)) or 0
+    run = run_client(args.url, args.input, args.output, fast=args.fast, token=args.token, chain=args.chain)
+    return asyncio.run(run) or 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
