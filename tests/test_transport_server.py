@@ -360,7 +360,8 @@ async def test_chain_events_reach_the_client():
 # --- a client that stops reading ------------------------------------------------------------
 async def test_client_that_stops_reading_pauses_its_session_and_is_closed():
     FAKE.amplify = 40  # each input frame comes back 40 times: the reply outgrows any socket buffer
-    limits = Limits(stall_timeout_s=1.5, write_limit=16 * 1024)
+    # unpaced (lead_ms=inf): the flood must outgrow the socket buffer, not leave at real time
+    limits = Limits(stall_timeout_s=1.5, write_limit=16 * 1024, lead_ms=float("inf"))
     async with serve(CHAINS, port=0, limits=limits) as srv:
         sent = 0
 

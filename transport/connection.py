@@ -24,6 +24,7 @@ from chains.errors import Overloaded
 from chains.messages import AudioFrame, Text
 from transport.http import token_from, token_matches
 from transport.outputs import OutputMapper
+from transport.paced import PacedAudio
 from transport.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -231,6 +232,7 @@ class Connection:
     async def _serve(self, sess: Any, start: Start, in_rate: int, out_rate: int) -> None:
         graph = sess.graph
         self._mapper = OutputMapper(out_rate)
+        self._paced = PacedAudio(sess, self.limits.lead_ms)  # reply audio at real time; `truncated`
         await self.send(
             Ready(
                 session=sess.id,
@@ -257,7 +259,13 @@ class Connection:
                     out = await sess.receive()
                 except anyio.EndOfStream:
                     break
-                for msg in mapper.map(out.name, out.value, out.origin, out.epoch, mono()):
+                msgs = mapper.map(out.name, out.value, out.origin, out.epoch, mono())
+                if isinstance(out.value, AudioFrame):
+                    await self._paced.send(out.value, out.epoch, msgs, self.send)
+                else:
+                    for msg in msgs:
+                        await self.send(msg)
+                for msg in self._paced.take():
                     await self.send(msg)
                 buffered = ws.buffered()
                 if buffered > self.max_buffered:
@@ -315,7 +323,8 @@ class Connection:
                 elif isinstance(msg, InterruptMsg):
                     sess.interrupt(msg.reason or "client")
                     assert self._mapper is not None
-                    for m in self._mapper.close_turn(time.monotonic(), interrupted=True):
+                    closing = self._mapper.close_turn(time.monotonic(), interrupted=True)
+                    for m in [*self._paced.take(), *closing]:
                         await self.send(m)
                 elif isinstance(msg, End):
                     if resampler is not None and audio_input is not None and not self._inputs_ended:
