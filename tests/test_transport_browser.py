@@ -126,6 +126,9 @@ async def test_voice_page_in_headless_chromium(tmp_path: Path):
                 await wait_for(dt, "window.chains.interrupts > 0")
                 # the server dropped that turn and said so in the turn's figures
                 await wait_for(dt, "window.chains.metrics.some((m) => m.interrupted)")
+                # and what was heard of it: the page marks the rest of the reply as unheard
+                await wait_for(dt, "window.chains.truncated.length > 0")
+                await wait_for(dt, "document.querySelector('#reply span.unheard') !== null")
                 rows = await wait_for(dt, "document.querySelectorAll('#metrics tr').length")
                 assert rows >= 1
             assert srv.stats["sessions"] == 1

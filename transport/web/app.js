@@ -35,6 +35,7 @@ const state = {
   framesSent: 0,
   audioFrames: 0,
   interrupts: 0,
+  truncated: [], // the `truncated` events: what was heard of each interrupted reply
 };
 window.chains = state;
 
@@ -150,6 +151,10 @@ function onText(msg) {
       addMetrics(msg);
       break;
     case "event":
+      if (msg.event === "truncated") {
+        showHeard(msg.data || {});
+        break;
+      }
       if ((msg.event === "speech_started" && playing()) || msg.event === "interrupt") {
         if (msg.event === "interrupt") flushPlayback();
         else interrupt("speech");
@@ -165,6 +170,27 @@ function onText(msg) {
     default:
       log(`${msg.type}: ${JSON.stringify(msg)}`);
   }
+}
+
+// An interrupted reply: the words you heard stay, the rest is struck through (the
+// server tells the chain the same, so its next answer builds on what you heard).
+function showHeard(data) {
+  state.truncated.push(data);
+  const replies = $("reply").querySelectorAll("p");
+  const p = replies[replies.length - 1];
+  if (!p) return;
+  const said = p.textContent;
+  const heard = data.heard || "";
+  const cut = said.startsWith(heard) ? heard.length : 0;
+  const kept = document.createElement("span");
+  kept.className = "heard";
+  kept.textContent = said.slice(0, cut);
+  const lost = document.createElement("span");
+  lost.className = "unheard";
+  lost.textContent = said.slice(cut);
+  p.replaceChildren(kept, lost);
+  p.title = `heard ${Math.round(data.played_ms || 0)} of ${Math.round(data.sent_ms || 0)} ms sent`;
+  currentReply = null;
 }
 
 function fmt(v) {
