@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   missing=""
-  for pkg in chromium espeak-ng; do
+  for pkg in chromium espeak-ng wrk; do  # wrk: the load generator of benchmarks/http.py
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
   done
   if [ -n "$missing" ]; then
