@@ -7,6 +7,7 @@ bad input, no token)."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import chains
 from chains import AudioFrame, Embedding, Stream, Text, TextDelta
 from chains.audio import silence, tone, write_wav
 from tests.transport_fixtures import energy_vad, fake_stt, shout
-from transport.server import serve
+from transport.server import Limits, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +136,45 @@ async def test_errors_a_client_sees_and_the_server_serves_on():
             assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
         r = await run(oa.embeddings.create, model="embed", input="still served", encoding_format="float")
         assert r.data[0].embedding[0] == 12.0
+
+
+ENDPOINTS = {
+    "/v1/embeddings": {"model": "embed", "input": "x"},
+    "/v1/chat/completions": {"model": "chat", "messages": [{"role": "user", "content": "x"}]},
+    "/v1/chains/shout": "x",
+}
+
+
+async def test_every_endpoint_refuses_bad_requests_with_the_right_status():
+    lim = Limits(max_body_bytes=2000)
+    async with serve(CHAINS, port=0, token="k", limits=lim) as srv:
+        auth = {"Authorization": "Bearer k"}
+        async with httpx.AsyncClient(base_url=srv.http_url) as h:
+            for path, good in ENDPOINTS.items():
+                cases = [
+                    (json.dumps(good).encode(), {}, 401, "token"),
+                    (b'{"model": "embed", ', auth, 400, "malformed JSON"),
+                    (json.dumps({"model": "x" * 3000}).encode(), auth, 413, "exceeds the limit of 2000"),
+                ]
+                if isinstance(good, dict):
+                    cases += [
+                        (json.dumps({**good, "model": "nope"}).encode(), auth, 404, "no chain 'nope'"),
+                        (json.dumps({**good, "model": 5}).encode(), auth, 422, "`model` must be a string"),
+                        (json.dumps([good]).encode(), auth, 422, "send a JSON object"),
+                    ]
+                for body, headers, status, says in cases:
+                    r = await h.post(path, content=body, headers=headers)
+                    assert r.status_code == status, (path, body[:40], r.text)
+                    assert says in r.json()["error"]["message"], (path, r.text)
+                r = await h.post(path, content=json.dumps(good).encode(), headers=auth)
+                assert r.status_code == 200, (path, r.text)  # and it serves on
+            form = {"model": (None, "transcribe")}
+            r = await h.post("/v1/audio/transcriptions", files=form)
+            assert r.status_code == 401
+            r = await h.post("/v1/audio/transcriptions", files=form, headers=auth)
+            assert r.status_code == 422 and "missing `file`" in r.json()["error"]["message"]
+            big = {"model": (None, "transcribe"), "file": ("a.wav", b"\0" * 3000)}
+            r = await h.post("/v1/audio/transcriptions", files=big, headers=auth)
+            assert r.status_code == 413
+            r = await h.post("/v1/audio/transcriptions", content=b"{}", headers=auth)
+            assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]["message"]
