@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -43,6 +43,15 @@ class Playback:
     heard: str  # the reply's words whose audio was played
     text: str  # everything its sent audio says
     interrupted: bool
+    at: float = 0.0  # clock time it ended or was cut
+    track: SpokenTrack | None = field(default=None, compare=False, repr=False)  # its words on its timeline
+    leads: tuple[float, ...] = field(default=(), compare=False, repr=False)  # lead (ms) after each send
+
+
+# The last replies of every pacer in the process, with the ms from each cut to the end
+# of the last send of the cut turn: what benchmarks/bargein.py reads (nothing else does).
+RECENT: deque[Playback] = deque(maxlen=512)
+RECENT_STOPS: deque[float] = deque(maxlen=512)
 
 
 async def _wait(seconds: float, wake: anyio.Event) -> None:
@@ -78,6 +87,7 @@ class Pacer:
         self._cut_at: tuple[int, float] | None = None
         self.dropped = 0  # frames dropped because their turn was cut
         self._sending: int | None = None  # the turn of the send under way
+        self._reply_leads: list[float] = []
 
     # --- where the client is --------------------------------------------------------------
     def lead(self, now: float | None = None) -> float:
@@ -127,13 +137,14 @@ class Pacer:
             self._sending = None
         now = self.clock()
         if self._cut_at is not None and self._cut_at[0] == epoch:
-            self.stops.append(1000.0 * (now - self._cut_at[1]))  # a send that began before the cut
+            self._stop(1000.0 * (now - self._cut_at[1]))  # a send that began before the cut
         if self.epoch != epoch:
             return True  # cut while it was being sent: counted in the cut reply already
         self._play_end = max(self._play_end, now) + ms / 1000.0
         self.sent_ms += ms
         self.track.add_ms(ms, spoken)
         self.leads.append(self.lead(now))
+        self._reply_leads.append(self.leads[-1])
         return True
 
     # --- ends of replies ------------------------------------------------------------------
@@ -146,14 +157,19 @@ class Pacer:
         now = self.clock()
         self._cut_at = (epoch, now)
         if self._sending != epoch:
-            self.stops.append(0.0)  # nothing more of it goes out
+            self._stop(0.0)  # nothing more of it goes out
         pb = self._finish(interrupted=True, now=now)
         self._play_end = now  # the client drops its buffer at an interrupt
         return pb
 
+    def _stop(self, ms: float) -> None:
+        self.stops.append(ms)
+        RECENT_STOPS.append(ms)
+
     def _finish(self, *, interrupted: bool, now: float | None = None) -> Playback | None:
         if self.epoch is None:
             return None
+        now = self.clock() if now is None else now
         played = self.played_ms(now) if interrupted else self.sent_ms
         pb = Playback(
             epoch=self.epoch,
@@ -162,8 +178,13 @@ class Pacer:
             heard=self.track.heard(played) if interrupted else self.track.text,
             text=self.track.text,
             interrupted=interrupted,
+            at=now,
+            track=self.track,
+            leads=tuple(self._reply_leads),
         )
+        self._reply_leads = []
         self.replies.append(pb)
+        RECENT.append(pb)
         self.epoch = None
         self.track = SpokenTrack()
         self.sent_ms = 0.0
