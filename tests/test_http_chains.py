@@ -241,3 +241,35 @@ async def test_http_requests_batch_with_each_other():
         rs = await asyncio.gather(*(post(c, "batched", f"s{i}/x") for i in range(8)))
         assert all(r.status_code == 200 for r in rs)
     assert max(model.sessions_per_batch()) > 1  # one batch served several requests
+
+
+PRODUCED = {"n": 0}
+
+
+@chains.node
+async def flood(t: Text) -> AsyncIterator[Text]:
+    for _ in range(5000):
+        PRODUCED["n"] += 1
+        yield Text(text="x" * 10_000)
+
+
+@chains.chain
+def floods(t: Text):
+    return flood(t)
+
+
+async def test_a_stream_reader_that_stops_reading_is_dropped_and_its_call_ends():
+    PRODUCED["n"] = 0
+    async with serve({"floods": floods}, port=0, limits=Limits(stall_timeout_s=0.5)) as srv:
+        body = b'"go"'
+        head = (
+            f"POST /v1/chains/floods HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        async with await anyio.connect_tcp("127.0.0.1", srv.port) as sock:
+            await sock.send(head + body)  # and never reads
+            rt = srv.runtimes["floods"]
+            with anyio.fail_after(20):
+                while PRODUCED["n"] == 0 or rt.sessions or srv.requests.used:
+                    await anyio.sleep(0.05)
+        assert PRODUCED["n"] < 5000  # paused by the full socket, then ended

@@ -93,13 +93,17 @@ class StreamResponse(StreamingResponse):
     the status goes out, so a refusal still gets its status. The client going away
     cancels the stream (and the call behind it)."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], sse: bool, on_close: Any):
+    def __init__(
+        self, first: bytes, rest: AsyncIterator[bytes], sse: bool, on_close: Any, stall_s: float = 10.0
+    ):
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         super().__init__(rest, status_code=200, headers=headers, media_type=SSE if sse else NDJSON)
         self.first = first
         self.rest = rest
         self.sse = sse
         self.on_close = on_close
+        self.stall_s = stall_s  # a client that reads nothing for this long is given up on
+        self.stalled = False
 
     def _frame(self, line: bytes) -> bytes:
         return b"data: " + line + b"\n\n" if self.sse else line + b"\n"
@@ -113,12 +117,21 @@ class StreamResponse(StreamingResponse):
                         pass
                     tg.cancel_scope.cancel()
 
+                async def put(msg: dict[str, Any]) -> None:
+                    # uvicorn's send waits while the socket is full: a client that stopped
+                    # reading pauses the stream (and the call behind it), then is dropped
+                    with anyio.move_on_after(self.stall_s) as timer:
+                        await send(msg)
+                    if timer.cancelled_caught:
+                        self.stalled = True
+                        tg.cancel_scope.cancel()
+
                 tg.start_soon(watch)
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                await send({"type": "http.response.body", "body": self._frame(self.first), "more_body": True})
+                await put({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                await put({"type": "http.response.body", "body": self._frame(self.first), "more_body": True})
                 async for line in self.rest:
-                    await send({"type": "http.response.body", "body": self._frame(line), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await put({"type": "http.response.body", "body": self._frame(line), "more_body": True})
+                await put({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         except OSError:
             pass  # the client went away mid-send
@@ -168,7 +181,7 @@ async def stream_response(served: Any, rt: Any, inputs: tuple[Any, ...], sse: bo
     except BaseException:
         await close()
         raise
-    return StreamResponse(first, gen, sse, close)
+    return StreamResponse(first, gen, sse, close, served.limits.stall_timeout_s)
 
 
 async def _first(gen: AsyncIterator[bytes]) -> bytes:

@@ -270,7 +270,8 @@ async def _chat_stream(served: Any, rt: Any, value: Any, meta: dict[str, Any]) -
     # The stream opens with the role chunk at once; a failure before the first token
     # (admission, a node) comes as an error event in the stream, before [DONE].
     lines = rest()
-    return StreamResponse(chunk({"role": "assistant", "content": ""}), lines, True, close)
+    first = chunk({"role": "assistant", "content": ""})
+    return StreamResponse(first, lines, True, close, served.limits.stall_timeout_s)
 
 
 __all__ = ["SSE", "openai_routes"]
