@@ -31,19 +31,21 @@ Exit status 1 when a gate fails or a caller was lost.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/soak.py`: its folder would shadow modules
+    _here = str(Path(__file__).resolve().parent)  # (benchmarks/http.py, transport.py: the stdlib's, ours)
+    sys.path[:] = [str(Path(_here).parent)] + [p for p in sys.path if p not in ("", _here)]
+
 import json
 import os
 import resource
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
-
-if __package__ in (None, ""):  # `python benchmarks/soak.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, parser, percentile, write_json
 from benchmarks.soakclient import ChainsClient, Result, Script, Speech, call
@@ -120,10 +122,10 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
                 with anyio.move_on_after(args.ramp_s * 4 + 30):
                     while load.active < n:
                         await anyio.sleep(0.2)
-                s0, t0 = await _snap(srv, inside=False), time.monotonic()
+                s0, t0, c0 = await _snap(srv, inside=False), time.monotonic(), time.process_time()
                 probe = await _probe(load, args.probe_turns)
                 await anyio.sleep(max(0.0, t0 + args.window_s - time.monotonic()))
-                s1, t1 = await _snap(srv, inside=False), time.monotonic()
+                s1, t1, c1 = await _snap(srv, inside=False), time.monotonic(), time.process_time()
                 turns = [
                     t
                     for r in load.results
@@ -143,6 +145,7 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
                         1000 * (s1.cpu_s - s0.cpu_s) / (max(1, live) * (t1 - t0)), 3
                     ),
                     "server_cores": round((s1.cpu_s - s0.cpu_s) / (t1 - t0), 3),
+                    "caller_cores": round((c1 - c0) / (t1 - t0), 3),  # the load generator, same machine
                     "rss_kib_per_session": round((s1.rss_kib - idle_snap.rss_kib) / max(1, live), 1),
                     "rss_mib": round(s1.rss_kib / 1024, 1),
                     "caller_send_lag_p99_ms": round(
@@ -173,10 +176,23 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
 
 
 # --- churn soak -------------------------------------------------------------------------
+async def _kill_engine(srv: ServerProcess, after_s: float, kills: list[dict[str, Any]]) -> None:
+    """The engine-death fault: SIGKILL every child process of the server (vLLM's engine
+    core runs in one) ``after_s`` seconds in; the runtime must fail the items in flight
+    as errors and rebuild the replica."""
+    await anyio.sleep(after_s)
+    victims = srv.children()
+    for p in victims:
+        p.kill()
+    kills.append({"t": round(time.monotonic(), 2), "killed": [p.pid for p in victims]})
+    print(f"soak: killed the engine processes {[p.pid for p in victims]}", flush=True)
+
+
 async def churn(args: Any, speech: Speech, script: Script, env: dict[str, str]) -> dict[str, Any]:
     per_wave = max(1, args.sessions // args.waves)
     waves: list[dict[str, Any]] = []
     rss: list[tuple[float, float, int]] = []
+    kills: list[dict[str, Any]] = []
     with ServerProcess(args.chain, max_sessions=args.concurrency * 2 + 16, env=env) as srv:
         load = Load(
             srv.url,
@@ -198,6 +214,8 @@ async def churn(args: Any, speech: Speech, script: Script, env: dict[str, str]) 
                     await anyio.sleep(args.sample_s)
 
             outer.start_soon(sample)
+            if args.kill_engine_after is not None:
+                outer.start_soon(_kill_engine, srv, args.kill_engine_after, kills)
             for w in range(args.waves):
                 first = len(load.results)
                 started = load.started
@@ -244,6 +262,7 @@ async def churn(args: Any, speech: Speech, script: Script, env: dict[str, str]) 
     return {
         "waves": waves,
         "rss": rss,
+        "engine_kills": kills,
         "cold": cold.brief(),
         "baseline": base.brief(),
         "rss_gate_passed": rss_gate([s.rss_kib for s in snaps]),
@@ -284,6 +303,12 @@ def _args(argv: list[str] | None) -> Any:
     p.add_argument("--fault-every", type=int, default=10)
     p.add_argument("--settle-s", type=float, default=2.0)
     p.add_argument("--sample-s", type=float, default=1.0)
+    p.add_argument(
+        "--kill-engine-after",
+        type=float,
+        metavar="S",
+        help="soak: SIGKILL the server's model engine processes (vLLM's) S seconds in (the real chain)",
+    )
     p.add_argument("--details", type=Path, help="write every figure (per level, per wave, RSS samples) here")
     a = p.parse_args(argv)
     if a.quick:
