@@ -50,7 +50,7 @@ class Handle:
     def __bool__(self) -> bool:
         raise ChainError(
             f"{self.label} is a symbolic handle: branch on data inside a node, not in the chain",
-            where=self.where,
+            where=call_site(),
         )
 
     def __getattr__(self, name: str) -> Any:
