@@ -77,7 +77,7 @@ async def fake_chat(text: Text) -> AsyncIterator[TextDelta]:
     prompt = [f"system: {system_prompt('Be brief.')}"]
     prompt += [f"{m['role']}: {m['content']}" for m in history] + [f"user: {text.text}"]
     PROMPTS.append("\n".join(prompt))
-    reply = REPLIES.get(text.text, "I see.")
+    reply = REPLIES.get(text.text, "Let me think about that for a moment, then I will answer you in full.")
     said = ""
     try:
         for word in reply.split(" "):
