@@ -66,6 +66,7 @@ import numpy as np
 
 import chains
 from chains import AudioFrame, Stream
+from nodes import tuning
 from nodes.audio import StreamResampler, pcm_to_float
 from nodes.turn import TurnTaking, VADOutput
 
@@ -165,7 +166,8 @@ class SileroVAD:
         return float(np.asarray(out).reshape(-1)[0])
 
     async def __call__(self, frames: Stream[AudioFrame]) -> AsyncIterator[VADOutput]:
-        async for out in self.turning.turns(self.windows(frames)):
+        turning, frames = tuning.for_session(self.turning, frames)  # a Realtime session's own knobs
+        async for out in turning.turns(self.windows(frames)):
             yield out
 
     async def windows(self, frames: Stream[AudioFrame]) -> AsyncIterator[tuple[np.ndarray, float]]:
