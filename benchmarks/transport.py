@@ -418,7 +418,8 @@ def main() -> None:
     if args.serve:
         from transport.server import Limits, serve_forever
 
-        limits = Limits(max_sessions=2000, start_timeout_s=60.0, idle_timeout_s=60.0)
+        # unpaced (lead_ms=inf): this measures the transport, not real-time reply pacing
+        limits = Limits(max_sessions=2000, start_timeout_s=60.0, idle_timeout_s=60.0, lead_ms=float("inf"))
         asyncio.run(serve_forever({"hop": hop, "realtime3": realtime3}, "127.0.0.1", 0, limits=limits))
         return
     m, n = (300, 2000) if args.quick else (2000, 10000)
