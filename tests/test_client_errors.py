@@ -126,3 +126,24 @@ async def test_types_may_be_given_by_name_and_a_mismatch_is_a_client_error():
     async with scripted(serve_outputs(OUTPUTS)) as url, Client(url) as c:  # no types: JSON
         plain = [m.data async for m in c if isinstance(m, OutputMsg)]
     assert plain[0] == msgspec.to_builtins(Embedding(text="hi", vector=[0.5, 0.25]))
+
+
+@chains.node
+async def shout(t: Text) -> Text:
+    return Text(text=t.text.upper())
+
+
+@chains.chain
+def loud(t: Text):
+    return {"reply": shout(t), "label": label(t)}
+
+
+async def test_a_text_chain_on_the_server_gets_its_outputs_and_no_voice_metrics():
+    async with chains.serve(loud, port=0) as srv, Client(srv.url, chain=loud) as c:
+        await c.send_input(Text(text="hi"))
+        await c.end()
+        got = [m async for m in c]
+    kinds = [type(m).__name__ for m in got]
+    assert "Metrics" not in kinds, kinds
+    assert any(getattr(m, "text", None) == "HI" for m in got)
+    assert [m.data for m in got if isinstance(m, OutputMsg)] == [Label(name="x", score=1.0)]
