@@ -257,7 +257,7 @@ class ClientSide:
             # the client stopped playing the reply in progress: cancel it where it was
             s.pacer.report(item.epoch, float(e.audio_end_ms))
             s.sess.interrupt("truncate")
-            s._outbox = [x for x in s._outbox if x["type"] != "conversation.item.truncated"]
+            s.unsay("conversation.item.truncated")  # (sent below, at the client's own position)
         end = item.cut(e.audio_end_ms)
         heard = Heard(
             epoch=item.epoch, text=item.text, played_ms=end, sent_ms=item.sent_ms, reason="truncate"

@@ -99,6 +99,10 @@ class RealtimeSession:
         ``flush`` sends it, in order."""
         self._outbox.append({"type": type_, "event_id": new_id("event"), **fields})
 
+    def unsay(self, type_: str) -> None:
+        """Take back the events of ``type_`` not yet sent."""
+        self._outbox = [e for e in self._outbox if e["type"] != type_]
+
     async def flush(self) -> None:
         while self._outbox:
             await self.send(self._outbox.pop(0))
