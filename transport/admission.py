@@ -51,8 +51,9 @@ class Slots:
     def give(self) -> None:
         """Give a slot back and wake the waiters (the first to run takes it)."""
         self.used -= 1
-        freed, self._freed = self._freed, anyio.Event()
-        freed.set()
+        if self.waiting:  # nobody waits (the common case): no event to make
+            freed, self._freed = self._freed, anyio.Event()
+            freed.set()
 
     @property
     def retry_after_header(self) -> str:

@@ -12,11 +12,11 @@ The error body has one shape for our own endpoints and the OpenAI-compatible one
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +27,7 @@ from transport.http import token_from, token_matches
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
+WATCH_AFTER_S = 0.02  # a call still running after this watches for its client leaving
 LATE = frozenset(("shed", "timeout", "late", "deadline"))  # the item's budget ran out
 UNAVAILABLE = frozenset(("replica_lost", "no_replica"))
 
@@ -166,25 +167,42 @@ async def in_slot(slots: Slots, what: str, work: Callable[[], Awaitable[Any]]) -
 
 async def until_disconnect(request: Request, work: Callable[[], Awaitable[Any]]) -> Any:
     """``await work()``, cancelled (``Disconnected``) when the client goes away first.
-    Call it after the body is read: the only message left to receive is the disconnect."""
-    result: list[Any] = []
-    failure: list[BaseException] = []
+    Call it after the body is read: the only message left to receive is the disconnect.
 
-    async with anyio.create_task_group() as tg:
+    The watcher is an ``asyncio.TaskGroup`` task, not anyio's, started only once the
+    call has taken ``WATCH_AFTER_S``: per request, a task (anyio's all the more) costs
+    about as much as the chain call itself (benchmarks/http.py), and a call that ends
+    sooner has nothing worth cancelling."""
+    host = asyncio.current_task()
+    assert host is not None
+    gone = False
 
-        async def run() -> None:
-            # in a task of its own: a failure there is handed over, never wrapped in a group
-            try:
-                result.append(await work())
-            except Exception as e:
-                failure.append(e)
-            finally:
-                tg.cancel_scope.cancel()
-
-        tg.start_soon(run)
+    async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        tg.cancel_scope.cancel()
+        gone = True
+        host.cancel()
+
+    result: list[Any] = []
+    failure: list[Exception] = []
+    async with asyncio.TaskGroup() as tg:
+        watchers: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            WATCH_AFTER_S, lambda: watchers.append(tg.create_task(watch()))
+        )
+        try:
+            result.append(await work())
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            host.uncancel()  # our own cancellation: the client left
+        except Exception as e:  # raised below, not wrapped in the group's ExceptionGroup
+            failure.append(e)
+        finally:
+            timer.cancel()
+            for w in watchers:
+                w.cancel()
     if failure:
         raise failure[0]
     if not result:
