@@ -68,9 +68,9 @@ class Served(Protocol):
 def routes(served: Served, metrics_text: Callable[[], str | bytes]) -> list[BaseRoute]:
     """Every route of the chain server, in matching order."""
     return [
+        Route("/v1/chains/{chain}", chain_endpoint(served), methods=["POST"]),  # first: the hot path
         Route("/healthz", _health(served), methods=["GET"]),
         Route("/metrics", _metrics(served, metrics_text), methods=["GET"]),
-        Route("/v1/chains/{chain}", chain_endpoint(served), methods=["POST"]),
         *openai_routes(served),
         *voice_routes(served),  # /v1/realtime (OpenAI Realtime), /twilio (Twilio Media Streams)
         # catch-alls last: the browser page's files, our websocket protocol on any path
