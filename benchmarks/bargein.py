@@ -153,74 +153,98 @@ async def wait_played(player: Player, target_ms: float, more: Any) -> bool:
     return True
 
 
+async def mic(send: Any, audio: bytes, chunk: int) -> None:
+    """A microphone that never stops: ``audio``, then silence, in 40 ms chunks at
+    real-time pace (the VAD needs the silence after the question to end the turn)."""
+    t0 = time.monotonic()
+    chunks = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
+    i = 0
+    while True:
+        await send(chunks[i] if i < len(chunks) else b"\x00" * chunk)
+        i += 1
+        await anyio.sleep(max(0.0, t0 + 0.04 * i - time.monotonic()))
+
+
 async def chains_trial(url: str, target_ms: float) -> dict[str, Any] | None:
     from websockets.asyncio.client import connect
 
-    player = Player()
-    audio = audio_at(24000)
-    async with connect(url, max_size=None, compression=None) as ws:
+    async with connect(url, max_size=None, compression=None) as ws, anyio.create_task_group() as tg:
         await ws.send(json.dumps({"type": "start", "sample_rate": 24000}))
         await ws.recv()
-        for i in range(0, len(audio), 960):
-            await ws.send(audio[i : i + 960])
+        tg.start_soon(mic, ws.send, audio_at(24000, silence_s=0.0), 1920)
+        result = await _chains_turn(ws, target_ms)
+        tg.cancel_scope.cancel()
+    return result
 
-        async def more() -> bool:
-            msg = await ws.recv()
-            if isinstance(msg, bytes):
-                player.got(len(msg) / 48.0)
-                return True
-            return False
 
-        n = len(pacing.RECENT)
-        if not await wait_played(player, target_ms, more):
-            return None
-        await ws.send(json.dumps({"type": "interrupt"}))
-        truth = player.stop()
-        with anyio.move_on_after(5):
-            while cut_since(n) is None:
-                await more()
-        return trial_result(player, cut_since(n), truth)
+async def _chains_turn(ws: Any, target_ms: float) -> dict[str, Any] | None:
+    player = Player()
+
+    async def more() -> bool:
+        msg = await ws.recv()
+        if isinstance(msg, bytes):
+            player.got(len(msg) / 48.0)
+            return True
+        return False
+
+    n = len(pacing.RECENT)
+    if not await wait_played(player, target_ms, more):
+        return None
+    await ws.send(json.dumps({"type": "interrupt"}))
+    truth = player.stop()
+    with anyio.move_on_after(5):
+        while cut_since(n) is None:
+            await more()
+    return trial_result(player, cut_since(n), truth)
 
 
 async def realtime_trial(port: int, target_ms: float, chain: str) -> dict[str, Any] | None:
     from openai import AsyncOpenAI
 
-    player = Player()
-    audio = audio_at(24000)
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-    async with client.realtime.connect(model=chain, max_retries=0) as conn:
+    async with client.realtime.connect(model=chain, max_retries=0) as conn, anyio.create_task_group() as tg:
         await conn.recv()
-        for i in range(0, len(audio), 1920):
-            await conn.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + 1920]).decode())
-        item: dict[str, str] = {}
 
-        async def more() -> bool:
+        async def append(chunk: bytes) -> None:
+            await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+
+        tg.start_soon(mic, append, audio_at(24000, silence_s=0.0), 1920)
+        result = await _realtime_turn(conn, target_ms)
+        tg.cancel_scope.cancel()
+    return result
+
+
+async def _realtime_turn(conn: Any, target_ms: float) -> dict[str, Any] | None:
+    player = Player()
+    item: dict[str, str] = {}
+
+    async def more() -> bool:
+        ev = await conn.recv()
+        if ev.type == "response.output_audio.delta":
+            item["id"] = ev.item_id
+            player.got(len(base64.b64decode(ev.delta)) / 48.0)
+            return True
+        return False
+
+    n = len(pacing.RECENT)
+    if not await wait_played(player, target_ms, more):
+        return None
+    truth = player.stop()
+    await conn.conversation.item.truncate(item_id=item["id"], content_index=0, audio_end_ms=int(truth))
+    with anyio.move_on_after(5):
+        while True:
             ev = await conn.recv()
-            if ev.type == "response.output_audio.delta":
-                item["id"] = ev.item_id
-                player.got(len(base64.b64decode(ev.delta)) / 48.0)
-                return True
-            return False
-
-        n = len(pacing.RECENT)
-        if not await wait_played(player, target_ms, more):
-            return None
-        truth = player.stop()
-        await conn.conversation.item.truncate(item_id=item["id"], content_index=0, audio_end_ms=int(truth))
-        with anyio.move_on_after(5):
-            while True:
-                ev = await conn.recv()
-                if ev.type == "conversation.item.truncated":
-                    break
-        pb = cut_since(n)
-        if pb is None or pb.track is None:
-            return None
-        # the server's heard text is the item's: cut at the client's own position
-        res = trial_result(player, pb, truth)
-        assert res is not None
-        res["heard"] = pb.track.heard(min(float(int(truth)), pb.sent_ms))
-        res["word_error"] = word_error(res["heard"], res["truth"])
-        return res
+            if ev.type == "conversation.item.truncated":
+                break
+    pb = cut_since(n)
+    if pb is None or pb.track is None:
+        return None
+    # the server's heard text is the item's: cut at the client's own position
+    res = trial_result(player, pb, truth)
+    assert res is not None
+    res["heard"] = pb.track.heard(min(float(int(truth)), pb.sent_ms))
+    res["word_error"] = word_error(res["heard"], res["truth"])
+    return res
 
 
 async def twilio_trial(port: int, target_ms: float) -> dict[str, Any] | None:
