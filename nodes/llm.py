@@ -63,6 +63,7 @@ import anyio
 
 import chains
 from chains import Text, TextDelta
+from chains import history as history_of_heard
 from nodes import vllm_engine
 from nodes.llm_options import Constraint, caller, check_options, checked, make_constraint
 from nodes.vllm_engine import pick_dtype
@@ -324,7 +325,8 @@ class VLLMChat(VLLMBase):
             return {}
 
     def render(self, turns: list[dict[str, str]], user: str) -> str:
-        messages = [{"role": "system", "content": self.system}, *turns, {"role": "user", "content": user}]
+        system = history_of_heard.system_prompt(self.system)  # a client's own instructions win
+        messages = [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str) -> list[int]:
@@ -368,6 +370,8 @@ class VLLMChat(VLLMBase):
 
     async def __call__(self, text: Text) -> AsyncIterator[TextDelta]:
         session = ChatSession(self._state())
+        # replies the user talked over keep only what was heard (chains.Heard, marked)
+        epoch = history_of_heard.begin_turn(session.history)
         prompt, rendered, reused = self.session_prompt(session, text.text)
         if reused:
             self.prefix_reused += 1
@@ -386,7 +390,8 @@ class VLLMChat(VLLMBase):
         finally:
             if reply:  # what was said (or begun) stays in the history
                 history = session.history
-                history += [{"role": "user", "content": text.text}, {"role": "assistant", "content": reply}]
+                said = {"role": "assistant", "content": reply, **history_of_heard.reply_tag(epoch)}
+                history += [{"role": "user", "content": text.text}, said]
                 del history[: max(0, len(history) - 2 * self.history_turns)]
                 # The ids stand for the template text up to the reply's end (its end-of-turn
                 # token included when it was generated): the next prompt extends them.
