@@ -37,7 +37,9 @@ class Limits:
     ping_timeout_s: float | None = 20.0
     max_errors: int = 32  # protocol errors tolerated per connection before closing 1008
     write_limit: int = 64 * 1024  # socket write buffer high-water mark (bytes)
-    max_queue: int = 16  # received frames buffered before TCP backpressure
+    # received frames buffered before TCP backpressure, for websockets-library servers;
+    # the chain server (uvicorn's sans-I/O protocol) reads one message ahead, then pauses
+    max_queue: int = 16
     sample_rates: tuple[int, ...] = SAMPLE_RATES
     lead_ms: float = 200.0  # reply audio paced at real time, at most this far ahead of playback
 
