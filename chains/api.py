@@ -40,7 +40,7 @@ def stream(chain: Any, *inputs: Any) -> AsyncIterator[Output]:
     session goes on. An input may be an async iterable (e.g. audio frames). Outside
     ``chains.running(chain)`` the session runs on the chain's default runtime.
     """
-    from runtime.engine import stream_outputs
+    from runtime.default import stream_outputs
 
     return stream_outputs(chain, inputs)
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chains.errors import ChainError
 from chains.spec import describe_type
-
-if TYPE_CHECKING:
-    from chains.graph import Graph
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -36,7 +33,7 @@ def call_site() -> str:
 class Handle:
     """A symbolic edge source: the output of ``node`` (or chain input ``input``)."""
 
-    graph: Graph
+    graph: Any  # the chains.graph.Graph being built (not imported: graph.py imports this module)
     source: int  # node index, or -(input index + 1) for a chain input
     type: Any
     stream: bool  # many items per session, or exactly one

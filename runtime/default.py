@@ -15,12 +15,14 @@ earlier with ``close_default_runtimes()`` (tests call it before checking for lea
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from runtime.engine import Runtime
+from chains.outputs import Output
+from runtime.engine import Runtime, active_runtime, session_outputs
 
 
 class _Host:
@@ -104,4 +106,14 @@ async def close_default_runtimes() -> None:
         await host.close()
 
 
-__all__ = ["close_default_runtimes", "default_runtime"]
+def stream_outputs(chain: Any, inputs: tuple[Any, ...]) -> AsyncIterator[Output]:
+    """Outputs of one session of ``chain`` (``chains.stream``): on the runtime open for
+    it in this context, else on its default runtime."""
+
+    async def runtime_for() -> Runtime:
+        return active_runtime(chain) or await default_runtime(chain)
+
+    return session_outputs(runtime_for, inputs)
+
+
+__all__ = ["close_default_runtimes", "default_runtime", "stream_outputs"]

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -27,8 +27,8 @@ from runtime.calls import DirectCalls
 from runtime.envelope import Envelope  # noqa: F401  (re-exported for transports)
 from runtime.logs import get_logger
 from runtime.metrics import COLLECTOR, ChainMetrics
+from runtime.placement import Placed, Placement, make_stages
 from runtime.session import Session
-from runtime.stage import make_stages
 
 _active: contextvars.ContextVar[dict[int, Runtime]] = contextvars.ContextVar("chains_runtimes", default={})  # noqa: B039
 
@@ -82,7 +82,11 @@ class Runtime:
         max_queue: int | None = None,
         batch_policy: Policy = "deadline",
         register_metrics: bool = True,
+        placement: Placement | None = None,
     ):
+        if isinstance(chain, Placed):  # a chain with nodes served elsewhere (--remote, --ray)
+            placement = chain.placement if placement is None else chain.placement.merged(placement)
+            chain = chain.chain
         graph = getattr(chain, "graph", None)
         if graph is None:
             raise ChainError(f"expected a @chains.chain, got {chain!r}")
@@ -92,12 +96,11 @@ class Runtime:
         self.max_queue = max_queue
         self.metrics = ChainMetrics(graph.name)
         self._register = register_metrics
+        self.placement = placement or Placement()
         self.stages, self._replica_sets = make_stages(
-            graph.name, graph.nodes, self.metrics.stage, batch_policy
+            graph.name, graph.nodes, self.metrics.stage, batch_policy, self.placement
         )
-        self._session_hooks = [
-            rs for rs in self._replica_sets if hasattr(rs.provider, "session_closed_hook")
-        ]
+        self._session_hooks = [rs for rs in self._replica_sets if not rs.provider.local]
         self.budget_s = chain.budget_ms / 1000.0 if getattr(chain, "budget_ms", None) else None
         self.sessions: dict[str, Session] = {}
         self.autoscalers: dict[str, Autoscaler] = {}  # by node, for autoscaled nodes
@@ -117,7 +120,7 @@ class Runtime:
             stack.push_async_callback(self._close_replicas)
             t0 = time.monotonic()
             for rs in self._replica_sets:
-                if hasattr(rs.provider, "run"):  # a provider that owns tasks (remote links) runs them here
+                if not rs.provider.local:  # a provider that owns tasks (remote links) runs them here
                     await self._tg.start(rs.provider.run, name=f"provider:{rs.name}")
                 await rs.start()
             self.log.info("started", nodes=len(self.stages), load_s=round(time.monotonic() - t0, 3))
@@ -140,8 +143,6 @@ class Runtime:
             COLLECTOR.register(self.metrics)
         active = dict(_active.get())
         active[id(self.chain)] = self
-        # A chain rewritten to run elsewhere (remote stages, Ray) serves its original too.
-        active[id(getattr(self.chain, "original", self.chain))] = self
         self._token = _active.set(active)
         return self
 
@@ -248,8 +249,7 @@ class Runtime:
         """A session or a direct call ended: replicas that keep per-session state
         elsewhere (a remote host) drop it now."""
         for rs in self._session_hooks:
-            for inst in rs.instances:
-                inst.on_session_closed(sid)
+            rs.provider.session_closed(rs.instances, sid)
 
     # --- one-shot helpers -----------------------------------------------------------
     async def _feed(self, sess: Session, inputs: tuple[Any, ...]) -> None:
@@ -298,7 +298,10 @@ class Runtime:
 
     def stream(self, *inputs: Any) -> AsyncIterator[Output]:
         """Run one session on ``inputs``; yield its outputs as they are produced."""
-        return stream_outputs(self.chain, inputs, runtime=self)
+        return session_outputs(self._itself, inputs)
+
+    async def _itself(self) -> Runtime:
+        return self
 
     async def call(self, *inputs: Any) -> Any:
         """Run one session to completion and return its outputs."""
@@ -354,10 +357,10 @@ class Runtime:
         return result
 
 
-async def stream_outputs(
-    chain: Any, inputs: tuple[Any, ...], runtime: Runtime | None = None
+async def session_outputs(
+    runtime_for: Callable[[], Awaitable[Runtime]], inputs: tuple[Any, ...]
 ) -> AsyncIterator[Output]:
-    """Outputs of one session as they come, for ``chains.stream``.
+    """Outputs of one session as they come, on the runtime ``runtime_for()`` gives.
 
     The session runs in a task this generator owns (cancelled and awaited when the
     generator finishes or is closed), so no task group is held open across a
@@ -366,11 +369,7 @@ async def stream_outputs(
     tx, rx = anyio.create_memory_object_stream[Output](0)
 
     async def run() -> None:
-        rt = runtime or active_runtime(chain)
-        if rt is None:
-            from runtime.default import default_runtime  # it builds on this module
-
-            rt = await default_runtime(chain)
+        rt = await runtime_for()
         await rt.pump(inputs, tx)
 
     task = asyncio.ensure_future(run())
@@ -386,4 +385,4 @@ async def stream_outputs(
                 await task
 
 
-__all__ = ["Runtime", "active_runtime", "stream_outputs"]
+__all__ = ["Runtime", "active_runtime", "session_outputs"]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import anyio
+from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, stop_after_attempt, stop_never, wait_exponential
 
 from chains.errors import ModelError, NoReplica, ReplicaLost
@@ -58,7 +59,29 @@ class Replica:
 
 
 class Provider(Protocol):
-    """Where a node's replicas come from."""
+    """Where a node's replicas come from: this process, links to hosts, Ray actors.
+
+    The whole contract, so the runtime never sniffs for capabilities: ``local`` says
+    whether replicas run here (a batched map forms its batches where its replicas
+    are, so a stage whose replicas are elsewhere forwards items one by one, and its
+    concurrency is the provider's ``concurrency``); ``run`` holds the tasks the
+    provider owns (remote links) for the runtime's life; ``watch`` gives it the set it
+    serves (a dropped link reports its replica lost at once); ``session_closed`` lets
+    replicas that keep per-session state elsewhere drop it; ``tokens_of`` gives the
+    driver-side ``route_tokens`` of a node whose replicas are not here.
+
+    A provider may subclass it to take the in-process defaults of the optional parts."""
+
+    local: bool = True
+    concurrency: int | None = None  # calls in flight per replica; None: the node's own
+    replicas: int | None = None  # replicas to start with; None: the node's own count
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the provider's tasks until cancelled (report started first)."""
+        task_status.started()
+
+    def watch(self, replicas: ReplicaSet) -> None:
+        """The set this provider serves (to report a replica it sees die)."""
 
     async def start(self, rid: int) -> Any:
         """Load one replica; return what the stage calls (raises ModelError if it cannot)."""
@@ -72,12 +95,19 @@ class Provider(Protocol):
         """Does ``exc``, raised by a call on ``instance``, mean the replica is dead?"""
         ...
 
+    def session_closed(self, instances: list[Any], session_id: str) -> None:
+        """A session ended: replicas holding its state elsewhere drop it."""
+
+    def tokens_of(self) -> Callable[..., Any] | None:
+        """``route_tokens`` for items of this node when its replicas cannot be asked here."""
+        return None
+
 
 async def _maybe_await(x: Any) -> Any:
     return await x if inspect.isawaitable(x) else x
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     """Replicas in this process: a class node's instance (its ``__init__`` in a worker
     thread, then ``setup()``), or a function node itself."""
 
@@ -131,10 +161,9 @@ class ReplicaSet:
         self.spec = spec
         self.name = spec.name
         self.provider = provider
-        if hasattr(provider, "watch"):  # a provider that sees a replica die (a dropped link) says so
-            provider.watch(self)
+        provider.watch(self)
         self.router: Router = router or LeastBusy()
-        self.router_learns = getattr(self.router, "learns", False)
+        self.router_learns = self.router.learns
         opts = spec.options
         self.target = count if count is not None else max(opts.replicas, opts.min_replicas or 1)
         self.max_restarts = spec.options.max_restarts if max_restarts is None else max_restarts

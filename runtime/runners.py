@@ -227,8 +227,13 @@ async def run_map_n(
 
 async def run_batched(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any]) -> None:
     """A batched map: items go to the stage's batcher as they come (so they can batch
-    with other sessions'), results go on in order as their batches finish."""
-    window = stage.batcher.max_size  # type: ignore[union-attr]
+    with other sessions'), results go on in order as their batches finish. A stage
+    whose replicas run elsewhere has no batcher here (batches form where the replicas
+    are): its items go one by one, as a map's."""
+    if stage.batcher is None:
+        await run_map1(sess, stage, rx, senders, False)
+        return
+    window = stage.batcher.max_size
     pend_tx, pend_rx = edge(window)
 
     async def results() -> None:

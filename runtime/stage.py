@@ -5,9 +5,10 @@ serving another process) calls ``Stage.serve`` (a value out) or
 ``Stage.serve_stream`` (outputs as they come). Everything that decides how an item
 is served lives behind those two calls, once:
 
-- admission: the stage's deadline-ordered concurrency limit (EDF across sessions);
-- the deadline check: an item that can no longer make it is shed (``on_late="shed"``)
-  or served and counted late;
+- admission: one slot every shape takes (runtime/admission.py): the deadline-ordered
+  concurrency limit (EDF across sessions), the deadline check (an item that can no
+  longer make it is shed, ``on_late="shed"``, or served and counted late), and the
+  accounting of successes;
 - replica choice: the replica set's router picks a ready replica;
 - timing, a timeout per attempt, retries with exponential backoff that never run
   past the item's deadline;
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -36,24 +38,17 @@ from chains.errors import NodeError, ReplicaLost
 from chains.graph import GraphNode
 from chains.messages import Control
 from chains.spec import Shape
+from runtime.admission import Admission, Shed
 from runtime.batcher import Batcher, BatchItem, Policy, StaleItem, fail_future
 from runtime.batches import run_batcher
 from runtime.costmodel import CostModel
 from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
 from runtime.metrics import StageMetrics
-from runtime.replicas import LocalProvider, Replica, ReplicaSet
-from runtime.routing import Route, router_for
+from runtime.replicas import Replica, ReplicaSet
+from runtime.routing import Route
 
 _mono = time.monotonic
-
-
-class Shed(NodeError):
-    """An item dropped because it could no longer make its deadline."""
-
-    def __init__(self, node: str, late_s: float):
-        super().__init__(node, f"shed: would miss its deadline by {late_s * 1000:.1f} ms", code="shed")
-        self.late_s = late_s
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -80,14 +75,27 @@ class Stage:
         self.timeout_s = opts.timeout_ms / 1000.0 if opts.timeout_ms else None
         self.retries = opts.retries
         self.shed_late = opts.on_late == "shed"
+        provider = replicas.provider
+        # Replicas elsewhere (a remote host, a Ray actor) are called through an async link,
+        # as many calls at once as the link's credits allow, and batch where they run.
+        self.is_async = self.spec.is_async or not provider.local
+        self.concurrency = provider.concurrency or self.spec.concurrency
         # An async map with no timeout and no retries is awaited directly: the hot path.
-        self.fast = self.spec.is_async and self.timeout_s is None and self.retries == 0
+        self.fast = self.is_async and self.timeout_s is None and self.retries == 0
         self.downstream_s = 0.0  # expected time the stages after this one need
         self.cost = CostModel()
-        self.limiter = DeadlineLimiter(self.spec.concurrency * max(1, replicas.target))
+        # The one admission slot every shape takes (runtime/admission.py).
+        self.slot = Admission(
+            self.name, DeadlineLimiter(self.concurrency * max(1, replicas.target)), metrics, opts.on_late
+        )
+        self.slot.expected_service_s = self.expected_service_s
+        self.limiter = self.slot.limiter
         replicas.on_change.append(self._replicas_changed)
+        self._tokens_of = _static_tokens(self.spec.impl) if self.spec.is_class else None
+        if self._tokens_of is None and not provider.local:
+            self._tokens_of = provider.tokens_of()
         self.batcher: Batcher | None = None
-        if self.spec.shape is Shape.BATCH:
+        if self.spec.shape is Shape.BATCH and provider.local:
             assert opts.batch is not None
             self.batcher = Batcher(
                 max_size=opts.batch.max_size,
@@ -103,7 +111,7 @@ class Stage:
     def _replicas_changed(self, rs: ReplicaSet) -> None:
         """Slots follow the ready replicas; with none ready one slot stays open, so items
         fail fast with ``no_replica`` (or retry within their deadline) rather than hang."""
-        self.limiter.resize(self.spec.concurrency * max(1, len(rs.ready)))
+        self.limiter.resize(self.concurrency * max(1, len(rs.ready)))
         c = rs.counts()
         m = self.metrics
         m.replicas_ready, m.replicas_loading, m.replicas_lost = c["ready"], c["loading"], c["lost"]
@@ -119,7 +127,7 @@ class Stage:
         return d
 
     def expected_service_s(self) -> float:
-        if self.spec.shape is Shape.BATCH:
+        if self.batcher is not None:
             return self.cost.predict(1) if self.cost.n else 0.0
         return self.metrics.service.mean if self.metrics.service.count else 0.0
 
@@ -128,7 +136,9 @@ class Stage:
         rs = self.replicas
         if len(rs.ready) < 2 and not rs.router_learns:
             return None
-        tokens_of = getattr(rs.ready[0].instance, "route_tokens", None) if self.spec.is_class else None
+        tokens_of = self._tokens_of
+        if tokens_of is None and self.spec.is_class and rs.provider.local and rs.ready:
+            tokens_of = getattr(rs.ready[0].instance, "route_tokens", None)
         return Route(session, args, tokens_of)
 
     # --- serving one item -----------------------------------------------------------
@@ -146,19 +156,10 @@ class Stage:
         waited (its turn was interrupted or its session ended)."""
         if self.batcher is not None:
             return await self.submit(args[0], deadline, alive or _always)
-        m = self.metrics
-        lim = self.limiter
-        t0 = _mono()
-        if lim.in_use < lim.capacity and not lim._waiters:  # try_acquire, inlined: the hot path
-            lim.in_use += 1
-        else:
-            t0 = await self._wait_slot(deadline, t0)
-            if alive is not None and not alive():
-                lim.release()
-                m.stale += 1
-                raise StaleItem()
-        if self.shed_late:
-            self._shed_if_hopeless(t0, deadline)
+        slot = self.slot
+        t0 = slot.try_admit(deadline)
+        if t0 is None:
+            t0 = await slot.admit(deadline, alive)
         try:
             if self.fast:
                 rs = self.replicas
@@ -177,18 +178,11 @@ class Stage:
                     if r.state != "ready":
                         rs.released_unready(r)
             else:
-                result = await self._call_with_retries(args, deadline, route)
+                result = await self.call(args, deadline, route)
         finally:
-            if lim._waiters or lim.in_use > lim.capacity:
-                lim.release()
-            else:  # DeadlineLimiter.release, inlined: nobody waits
-                lim.in_use -= 1
+            slot.release()
         t1 = _mono()
-        m.service.observe(t1 - t0)
-        m.items += 1
-        m.consecutive_errors = 0
-        if t1 > deadline:
-            m.late += 1
+        slot.served(t0, t1, 1, int(t1 > deadline))
         return result
 
     async def serve_stream(
@@ -197,24 +191,23 @@ class Stage:
         """Serve one item on a streaming map: its outputs as they are produced.
 
         Use it with ``contextlib.aclosing``: closing it early (an interrupt) closes the
-        node's generator and frees the slot and the replica."""
+        node's generator and frees the slot and the replica. Counted like ``serve``: a
+        finished or interrupted call is an item, a failed one an error."""
         m = self.metrics
-        lim = self.limiter
-        t0 = _mono()
-        if not lim.try_acquire():
-            t0 = await self._wait_slot(deadline, t0)
-        if self.shed_late:
-            self._shed_if_hopeless(t0, deadline)
-        rs = self.replicas
+        slot = self.slot
+        t0 = await slot.admit(deadline)
         try:
-            r = rs.acquire(route)
-        except BaseException:
-            lim.release()
+            r = self.replicas.acquire(route)
+        except BaseException as e:
+            slot.release()
+            if isinstance(e, Exception):
+                raise self._failed(None, e) from e
             raise
         first = True
         ctx = current_context() if route is not None else None
         if ctx is not None:
             ctx.cached_tokens = None
+        failed = False
         try:
             agen = r.instance(*args)
             async with contextlib.aclosing(agen):
@@ -224,18 +217,16 @@ class Stage:
                         first = False
                     yield out
         except Exception as e:
+            failed = True
             raise self._failed(r, e) from e
         finally:
-            rs.release(r)
-            lim.release()
-            t1 = _mono()
-            m.service.observe(t1 - t0)
-            m.items += 1
-            if t1 > deadline:
-                m.late += 1
+            self.replicas.release(r)
+            slot.release()
+            if not failed:
+                t1 = _mono()
+                slot.served(t0, t1, 1, int(t1 > deadline))
             if ctx is not None and ctx.cached_tokens is not None:
                 self._observe_cache(route, ctx.cached_tokens)  # type: ignore[arg-type]
-        m.consecutive_errors = 0
 
     def _observe_cache(self, route: Route, cached: int) -> None:
         """The engine said how many prompt tokens it served from its cache: the router's
@@ -244,26 +235,6 @@ class Stage:
         if stats is not None:
             tokens = route.tokens
             stats.observe_actual(cached, route.predicted_cached, len(tokens) if tokens is not None else None)
-
-    async def _wait_slot(self, deadline: float, since: float) -> float:
-        """Wait for a slot in deadline order; when it came (the queue wait is counted)."""
-        m = self.metrics
-        m.queued += 1
-        try:
-            await self.limiter.acquire(deadline)
-        finally:
-            m.queued -= 1
-        now = _mono()
-        m.queue_wait.observe(now - since)
-        return now
-
-    def _shed_if_hopeless(self, start: float, deadline: float) -> None:
-        """``on_late="shed"``: an item that cannot finish by its deadline gives its slot back."""
-        late = start + self.expected_service_s() - deadline
-        if late > 0:
-            self.limiter.release()
-            self.metrics.shed += 1
-            raise Shed(self.name, late)
 
     def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
         """Queue one item of a batched map; its session awaits the returned future (so it
@@ -291,18 +262,17 @@ class Stage:
             return exc
         return NodeError(self.name, f"{type(exc).__name__}: {exc}")
 
-    def failed(self, exc: BaseException) -> NodeError:
-        """A failure of this stage's user code outside ``serve`` (a stream node): counted."""
-        return self._failed(None, exc)
+    def failed(self, exc: BaseException, count: int = 1) -> NodeError:
+        """A failure of ``count`` items outside a replica call (a bad batch result):
+        counted, and said as a ``NodeError``."""
+        return self._failed(None, exc, count)
 
     # --- calling user code ----------------------------------------------------------
-    async def _call_with_retries(
-        self, args: tuple[Any, ...], deadline: float, route: Route | None, count: int = 1
-    ) -> Any:
+    async def call(self, args: tuple[Any, ...], deadline: float, route: Route | None, count: int = 1) -> Any:
         """One call; failed attempts are retried with exponential backoff while the retry
         can still finish before the item's deadline (``retries`` times at most)."""
         if self.retries == 0:
-            return await self._attempt(args, route, count)
+            return await self.attempt(args, route, count)
 
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number > self.retries:
@@ -319,10 +289,11 @@ class Stage:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(args, route, count)
+                return await self.attempt(args, route, count)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _attempt(self, args: tuple[Any, ...], route: Route | None, count: int = 1) -> Any:
+    async def attempt(self, args: tuple[Any, ...], route: Route | None, count: int = 1) -> Any:
+        """One try on a replica the router picks; a failure counted (``count`` items)."""
         rs = self.replicas
         r = rs.acquire(route)
         try:
@@ -341,7 +312,7 @@ class Stage:
             rs.release(r)
 
     async def _invoke(self, inst: Any, args: tuple[Any, ...]) -> Any:
-        if self.spec.is_async:
+        if self.is_async:
             return await inst(*args)
         # With a timeout the wait must be cancellable: the thread runs on, its result unused.
         return await anyio.to_thread.run_sync(
@@ -352,8 +323,12 @@ class Stage:
         """Serve a stream node for one session: one replica held for the session's life,
         its outputs as they come (data items counted; control events passed through).
 
-        Use it with ``contextlib.aclosing``. Failures (no ready replica, the node's own
-        error, a replica that died) are counted and raised as ``NodeError``."""
+        A session holds its replica, not an admission slot: the stage's limit bounds
+        calls in flight, and a session may last for hours. Every data item is a success
+        (it resets the health counter, so a node failing for a few sessions while it
+        serves the others stays healthy). Use it with ``contextlib.aclosing``. Failures
+        (no ready replica, the node's own error, a replica that died) are counted and
+        raised as ``NodeError``."""
         rs = self.replicas
         try:
             r = rs.acquire(self.route(session, ()))
@@ -364,12 +339,13 @@ class Stage:
             async with contextlib.aclosing(agen):
                 async for out in agen:
                     if not isinstance(out, Control):
-                        self.metrics.items += 1
+                        self.slot.served_item()
                     yield out
         except Exception as e:
             raise self._failed(r, e) from e
         finally:
             rs.release(r)
+        self.metrics.consecutive_errors = 0  # the session ended well
 
     # --- batching -------------------------------------------------------------------
     def _shed_item(self, item: BatchItem, late_s: float) -> None:
@@ -388,26 +364,11 @@ def _always() -> bool:
     return True
 
 
-def make_stages(
-    chain_name: str,
-    nodes: list[GraphNode],
-    stage_metrics: Callable[[str], StageMetrics],
-    batch_policy: Policy = "deadline",
-) -> tuple[list[Stage], list[ReplicaSet]]:
-    """One stage per graph node; one replica set per distinct implementation.
-
-    A node's replicas come from its template's ``provider(spec)`` when it has one (a
-    remote or Ray stub), else from this process (``LocalProvider``)."""
-    sets: dict[int, ReplicaSet] = {}
-    stages = []
-    for n in nodes:
-        key = id(n.template) if n.template is not None else id(n.spec)
-        rs = sets.get(key)
-        if rs is None:
-            make_provider = getattr(n.template, "provider", None)
-            provider = (
-                make_provider(n.spec) if make_provider is not None else LocalProvider(n.spec, n.template)
-            )
-            rs = sets[key] = ReplicaSet(n.spec, provider, router=router_for(n.spec))
-        stages.append(Stage(chain_name, n, rs, stage_metrics(n.name), batch_policy))
-    return stages, list(sets.values())
+def _static_tokens(cls: Any) -> Callable[..., Any] | None:
+    """A class node's ``route_tokens`` when it is a pure function of the item (a
+    ``staticmethod`` or ``classmethod``): the router can ask it wherever the replicas run."""
+    raw = inspect.getattr_static(cls, "route_tokens", None)
+    if isinstance(raw, staticmethod | classmethod):
+        fn: Callable[..., Any] = cls.route_tokens
+        return fn
+    return None

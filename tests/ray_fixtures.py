@@ -9,8 +9,10 @@ stage lands is known. In process and with ``--remote`` those options mean nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import msgspec
 
@@ -84,3 +86,142 @@ async def batched(xs: list[int]) -> list[int]:
 @chains.chain
 def batched_chain(xs: Stream[int]):
     return batched(xs)
+
+
+# --- the replica contract's cases (tests/test_replica_contract.py) --------------------------------
+@chains.node(name="c_map", timeout_ms=300)
+async def c_map(x: str) -> str:
+    if x == "bad":
+        raise ValueError("bad input")
+    if x == "slow":
+        await asyncio.sleep(5)
+    return x.upper()
+
+
+@chains.node(name="c_smap")
+async def c_smap(x: str) -> AsyncIterator[str]:
+    if x == "bad":
+        raise ValueError("bad input")
+    for ch in x:
+        yield ch
+        await asyncio.sleep(0.005)
+
+
+@chains.node(name="c_batch", batch=Batch(max_size=4, max_wait_ms=1))
+async def c_batch(xs: list[str]) -> list[str]:
+    if "bad" in xs:
+        raise ValueError("bad input")
+    return [x.upper() for x in xs]
+
+
+@chains.node(name="c_stream", placement="ray")  # a stream node goes to Ray only when asked
+async def c_stream(xs: Stream[str]) -> AsyncIterator[str]:
+    async for x in xs:
+        if x == "bad":
+            raise ValueError("bad input")
+        yield x.upper()
+
+
+@chains.node(name="c_fragile", replicas=2)
+class Fragile:
+    """A model that dies on "die" (its ``alive()`` turns False): its replica is lost."""
+
+    def __init__(self) -> None:
+        self.dead = False
+
+    def alive(self) -> bool:
+        return not self.dead
+
+    async def __call__(self, x: str) -> str:
+        if x == "die":
+            self.dead = True
+            raise RuntimeError("the engine died")
+        return x
+
+
+@chains.chain
+def contract_map(x: str):
+    return c_map(x)
+
+
+@chains.chain
+def contract_smap(x: str):
+    return c_smap(x)
+
+
+@chains.chain
+def contract_batch(x: str):
+    return c_batch(x)
+
+
+@chains.chain
+def contract_stream(xs: Stream[str]):
+    return c_stream(xs)
+
+
+@chains.chain
+def contract_fragile(x: str):
+    return Fragile()(x)
+
+
+# --- prefix routing and autoscaling where the replicas run ------------------------------------------
+class FakeEngineLLM:
+    """An LLM-like class node: its prompt's tokens are a pure function of the item
+    (``route_tokens`` is a staticmethod), and it reports the prompt tokens its "engine"
+    served from cache (the leading 16-token blocks it saw before) as vLLM does."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, ...]] = set()
+
+    @staticmethod
+    def route_tokens(prompt: str) -> list[int]:
+        return [ord(c) for c in prompt]
+
+    async def __call__(self, prompt: str) -> AsyncIterator[str]:
+        tokens = self.route_tokens(prompt)
+        cached = 0
+        for end in range(16, len(tokens), 16):  # the last token is always recomputed
+            if tuple(tokens[:end]) in self.seen:
+                cached = end
+        for end in range(16, len(tokens) + 1, 16):
+            self.seen.add(tuple(tokens[:end]))
+        chains.context().cached_tokens = cached
+        yield prompt[-1]
+
+
+llm_prefix = chains.node(name="llm_prefix", replicas=2, router="prefix")(FakeEngineLLM)
+
+
+@chains.chain
+def prefix_chain(prompt: str):
+    return llm_prefix()(prompt)
+
+
+@chains.node(name="scaled", min_replicas=1, max_replicas=2, concurrency=1, budget_ms=300)
+async def scaled(x: int) -> int:
+    await asyncio.sleep(0.05)
+    return x
+
+
+@chains.chain
+def scaled_chain(x: int):
+    return scaled(x)
+
+
+@contextlib.contextmanager
+def local_cluster() -> Iterator[Any]:
+    """A 3-node Ray cluster on this machine (1 CPU each; custom resources ``node_a`` on
+    the head, ``node_b``/``node_c`` and ``worker`` on the others), joined by this process."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
+    c.add_node(num_cpus=1, resources={"node_b": 1, "worker": 1})
+    c.add_node(num_cpus=1, resources={"node_c": 1, "worker": 1})
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="chains", log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()

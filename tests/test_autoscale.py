@@ -21,7 +21,7 @@ import chains
 from runtime.autoscale import Autoscaler, queued
 from runtime.costmodel import CostModel
 from runtime.metrics import StageMetrics
-from runtime.replicas import ReplicaSet
+from runtime.replicas import Provider, ReplicaSet
 from tests.fakes import wait_until
 
 A, K, MAX_BATCH, BUDGET = 0.04, 0.01, 8, 0.5  # t(b) = a + k*b seconds, budget per item
@@ -285,7 +285,7 @@ def test_queued_reads_the_batcher_or_the_limiter() -> None:
 # --- on the real replica set ---------------------------------------------------------------------
 
 
-class GatedProvider:
+class GatedProvider(Provider):
     """Replicas start when the test opens the gate: a scripted cold start."""
 
     def __init__(self) -> None:

@@ -12,9 +12,9 @@ pytest.importorskip("ray")
 import chains
 from chains import Stream, Text
 from chains.errors import ChainError
+from runtime.placement import Placed
 from tests.ray_fixtures import pipeline
 from transport.remote.ray import RayProvider, actor_options, chain_target, on_ray, with_ray
-from transport.remote.stubs import StubTemplate
 
 
 @chains.node(device="cuda", gpu=0.25, cpu=2, resources={"accel": 1}, max_restarts=3)
@@ -62,12 +62,13 @@ def test_node_options_become_actor_options():
 def test_shared_stages_go_to_ray_and_session_stream_nodes_stay():
     assert on_ray(gpu_node.spec) and not on_ray(vad_like.spec) and not on_ray(stays.spec)
     rc = with_ray(mixed)
-    templated = {n.name: isinstance(n.template, StubTemplate) for n in rc.graph.nodes}
-    assert templated == {"vad_like": False, "gpu_node": True, "stays": False}
-    provider = rc.graph.node("gpu_node").template.provider(rc.graph.node("gpu_node").spec)
-    assert isinstance(provider, RayProvider)
+    assert isinstance(rc, Placed) and rc.chain is mixed and rc.graph is mixed.graph  # no rewritten graph
+    assert set(rc.placement.providers) == {"gpu_node"}
+    node = mixed.graph.node("gpu_node")
+    provider = rc.placement.provider(node)
+    assert isinstance(provider, RayProvider) and not provider.local
+    assert provider.spec is node.spec  # the node's real spec: router, autoscaling, budget
     assert provider.target == chain_target(mixed) and provider.target.endswith("test_ray_options.py:mixed")
-    assert rc.original is mixed
 
 
 def test_a_chain_with_nothing_for_ray_is_refused():
@@ -78,4 +79,3 @@ def test_a_chain_with_nothing_for_ray_is_refused():
 def test_replicas_follow_the_node_options():
     rc = with_ray(pipeline)
     assert [n.spec.options.replicas for n in rc.graph.nodes] == [1, 1, 1]
-    assert rc.graph.node("measure").spec.shape.value == "map"  # batches form on the actor's host

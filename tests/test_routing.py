@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import chains
-from runtime.replicas import Replica, ReplicaSet
+from runtime.replicas import Provider, Replica, ReplicaSet
 from runtime.routing import (
     LeastBusy,
     PrefixAware,
@@ -227,7 +227,7 @@ def echo(x: str) -> str:
     return x
 
 
-class FakeProvider:
+class FakeProvider(Provider):
     """Starts replicas instantly (or after a scripted sleep); stop is a no-op."""
 
     def __init__(self, start_s: float = 0.0):

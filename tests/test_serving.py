@@ -467,8 +467,8 @@ async def test_engine_cache_hits_reported_by_a_node_check_the_prefix_routers_pre
 
 def test_an_llm_like_node_with_replicas_routes_by_prefix_unless_told_otherwise() -> None:
     from runtime.metrics import ChainMetrics
+    from runtime.placement import make_stages
     from runtime.routing import LeastBusy, PrefixAware
-    from runtime.stage import make_stages
 
     def build(**options: Any) -> Any:
         @chains.node(**options)

@@ -12,10 +12,11 @@ The pieces, one job each:
 - ``caller``: ``RemoteLink``, one websocket to one replica's host, multiplexed across
   every session;
 - ``stubs``: the replicas the runtime gets for a remote node (stubs over links) and
-  their ``RemoteProvider``; ``with_remotes`` rewrites a chain to use them;
+  their ``RemoteProvider``; ``remote_placement`` / ``with_remotes`` place nodes on
+  them (the chain's graph is unchanged: see runtime/placement.py);
 - ``host`` / ``hostlink``: ``chains serve --only NODE``, one node's stage served to
   every caller through ``Stage.serve``;
-- ``ray``: the Ray backend (``with_ray``): one actor per replica hosts the node, the
+- ``ray``: the Ray backend (``ray_placement``, ``with_ray``): one actor per replica hosts the node, the
   driver links to it; Ray places and restarts actors, our link carries the data.
 
 Credits bound everything in flight: when the host is slow, the stub waits for a
@@ -25,16 +26,16 @@ grows on either side.
 
 from transport.remote.caller import OUT_WINDOW, RemoteLink
 from transport.remote.host import NodeHost, hosting, serve_node
-from transport.remote.stubs import RemoteChain, RemoteProvider, links_of, with_remotes
+from transport.remote.stubs import RemoteProvider, links_of, remote_placement, with_remotes
 
 __all__ = [
     "OUT_WINDOW",
     "NodeHost",
-    "RemoteChain",
     "RemoteLink",
     "RemoteProvider",
     "hosting",
     "links_of",
+    "remote_placement",
     "serve_node",
     "with_remotes",
 ]

@@ -31,10 +31,11 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from chains.context import context
+from chains.context import context, current_context
 from chains.errors import ModelError, NodeError, ReplicaLost
 from chains.spec import NodeSpec
 from runtime.batcher import StaleItem
+from runtime.envelope import Usage
 from runtime.logs import get_logger
 from transport.remote.wire import (
     STALE,
@@ -218,7 +219,7 @@ class RemoteLink:
             if p.done():
                 return
             if isinstance(f, Result):
-                p.set_result(f.value)
+                p.set_result(f)
             elif isinstance(f, Fail):
                 p.set_exception(_error(self.node, f))
             else:  # End: cancelled on the host
@@ -279,12 +280,13 @@ class RemoteLink:
         self._pending[call_id] = fut
         self.send(Call(call_id, sid, epoch, values, meta, self._budget_ms()))
         try:
-            value = await fut
+            res: Result = await fut
         except asyncio.CancelledError:
             if self._pending.pop(call_id, None) is not None:
                 self.send(Cancel(call_id))  # the host's End gives the credit back
             raise
-        return None if value is None else self.codec.decode(value)
+        _report(res.usage)
+        return None if res.value is None else self.codec.decode(res.value)
 
     async def _acquire_call(self) -> None:
         w = self.calls.waiting + 1
@@ -329,6 +331,10 @@ class RemoteLink:
                     async for out in outs:
                         yield out
                 tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the node's own error, as in process (not a group)
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
         finally:
             self._feed_credits.pop(call_id, None)
 
@@ -355,6 +361,7 @@ class RemoteLink:
                     yield self.codec.decode(f.value)
                 elif isinstance(f, End):
                     finished = True
+                    _report(f.usage)
                     return
                 elif isinstance(f, Fail):
                     finished = True
@@ -365,6 +372,15 @@ class RemoteLink:
         finally:
             if not finished and self._pending.pop(call_id, None) is not None:
                 self.send(Cancel(call_id))  # an interrupt closed us: stop the host's work
+
+
+def _report(usage: Usage | None) -> None:
+    """The host's report of what serving the item used, where the caller's stage reads it
+    (the node context of the item in hand), as if the node had served it here."""
+    if usage is not None and usage.cached_tokens is not None:
+        ctx = current_context()
+        if ctx is not None:
+            ctx.cached_tokens = usage.cached_tokens
 
 
 def _error(node: str, f: Fail) -> Exception:

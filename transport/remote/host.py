@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from chains.errors import ChainError
 from runtime.logs import get_logger
 from runtime.metrics import COLLECTOR, ChainMetrics, prometheus_text
-from runtime.stage import make_stages
+from runtime.placement import make_stages
 from transport.http import http_endpoints
 from transport.remote.hostlink import HostLink
 from transport.remote.wire import (

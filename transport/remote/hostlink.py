@@ -12,18 +12,21 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from websockets.asyncio.server import ServerConnection
 
 from chains.context import NodeContext, reset_context, set_context
-from chains.spec import Shape
+from chains.spec import NodeSpec, Shape
 from runtime.batcher import StaleItem
+from runtime.envelope import Usage
+from runtime.stage import Stage
 from transport.remote.wire import (
     STALE,
     Call,
     Cancel,
+    Codec,
     Credits,
     End,
     Fail,
@@ -42,8 +45,18 @@ from transport.remote.wire import (
     error_of,
 )
 
-if TYPE_CHECKING:
-    from transport.remote.host import NodeHost
+
+class NodeHost(Protocol):
+    """What a caller's link needs of the host it runs on (transport/remote/host.py)."""
+
+    stage: Stage
+    spec: NodeSpec
+    shape: Shape
+    codec: Codec
+    feed_window: int
+    stats: dict[str, int]
+
+    def deadline(self, budget_ms: float | None = None) -> float: ...
 
 _link_ids = itertools.count(1)
 _END = object()
@@ -199,17 +212,19 @@ class HostLink:
             stats["budgeted_calls"] += 1
         stats["inflight"] += 1
         stats["max_inflight"] = max(stats["max_inflight"], stats["inflight"])
-        token = set_context(NodeContext(f.session, stage.name, sess.state, lambda: sess.epoch, sess.meta))
+        ctx = NodeContext(f.session, stage.name, sess.state, lambda: sess.epoch, sess.meta)
+        token = set_context(ctx)
         terminal = False
         try:
             with self._cancellable(f.id) as scope:
                 try:
                     args = tuple(codec.decode(a) for a in f.args)
                     deadline = host.deadline(f.budget_ms)
+                    ctx.deadline = deadline
                     route = stage.route(f.session, args)
                     if host.shape is Shape.STREAM_MAP:
                         await self._stream_call(f.id, args, deadline, route)
-                        self.out.put(End(f.id))
+                        self.out.put(End(f.id, _usage(ctx)))
                     else:
                         epoch = f.epoch
 
@@ -217,7 +232,8 @@ class HostLink:
                             return sess.epoch == epoch and not self.closed
 
                         result = await stage.serve(args, deadline, route, alive)
-                        self.out.put(Result(f.id, None if result is None else codec.encode(result)))
+                        value = None if result is None else codec.encode(result)
+                        self.out.put(Result(f.id, value, _usage(ctx)))
                     terminal = True
                 except StaleItem:  # its turn was interrupted: the caller drops it too
                     self.out.put(Fail(f.id, STALE, "the item's turn was interrupted"))
@@ -298,6 +314,12 @@ class HostLink:
             self._open_sessions.pop(f.id, None)
             if not terminal:
                 self.out.put(End(f.id))
+
+
+def _usage(ctx: NodeContext) -> Usage | None:
+    """What the node reported serving the item (an LLM's cached prompt tokens), for the
+    caller's router: it crosses the wire in the terminal frame."""
+    return None if ctx.cached_tokens is None else Usage(ctx.cached_tokens)
 
 
 __all__ = ["FeedStream", "HostLink", "HostSession"]

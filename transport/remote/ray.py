@@ -31,7 +31,7 @@ restarts it) for its new URL and relinks, with backoff.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import inspect
 import os
 import threading
@@ -47,7 +47,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from chains.errors import ChainError, ModelError
 from chains.graph import Graph
 from chains.spec import NodeSpec, Shape
-from transport.remote.stubs import LinkProvider, RemoteChain, Stub, StubTemplate, stub_node
+from runtime.placement import Placed, Placement, ProviderFactory
+from transport.remote.stubs import LinkProvider, Stub
 
 RELINK_WITHIN_S = 60.0  # a restarted actor must be linked again within this
 START_TIMEOUT_S = float(os.environ.get("CHAINS_RAY_START_TIMEOUT_S", "300"))  # placement + model load
@@ -137,11 +138,12 @@ def actor_options(spec: NodeSpec, replicas: int) -> dict[str, Any]:
 class RayProvider(LinkProvider):
     """Replicas of one node as Ray actors; replica ``rid`` keeps its actor across restarts."""
 
-    def __init__(self, spec: NodeSpec, target: str, replicas: int, cwd: str | None = None):
-        super().__init__(spec)
+    def __init__(self, spec: NodeSpec, template: Any = None, *, target: str, cwd: str | None = None):
+        super().__init__(spec, template)
         self.target = target
         self.cwd = cwd
-        self.options = actor_options(spec, replicas)
+        opts = spec.options
+        self.options = actor_options(spec, max(opts.replicas, opts.max_replicas or 1))
         self.actors: dict[int, Any] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -220,33 +222,34 @@ def chain_target(chain: Any) -> str:
     return f"{Path(file).resolve()}:{chain.name}"
 
 
-def with_ray(chain: Any, target: str | None = None) -> RemoteChain:
-    """``chain`` with its cluster-bound nodes served by Ray actors (see the module doc).
-    Ray must be initialised (``connect``); the actors start with the runtime."""
-    original = getattr(chain, "original", chain)
+def ray_placement(chain: Any, target: str | None = None) -> Placement:
+    """The cluster-bound nodes of ``chain`` (see the module doc) served by Ray actors, one
+    per replica; each keeps its node's own options (autoscaling bounds, router)."""
     if target is None:
-        target = chain_target(original)
+        target = chain_target(chain)
     else:
         file, _, name = target.partition(":")
-        target = f"{Path(file).resolve()}:{name or original.name}"
+        target = f"{Path(file).resolve()}:{name or chain.name}"
     graph: Graph = chain.graph
-    nodes = []
-    placed: dict[str, str] = {}
-    for n in graph.nodes:
-        if isinstance(n.template, StubTemplate) or not on_ray(n.spec):
-            nodes.append(n)
-            continue
-        replicas = n.spec.options.replicas
-        if n.spec.options.min_replicas is not None:
-            replicas = n.spec.options.min_replicas
-        provider = RayProvider(n.spec, target, replicas, cwd=os.getcwd())
-        nodes.append(stub_node(n, provider, replicas))
-        placed[n.name] = "ray"
-    if not placed:
+    make = functools.partial(RayProvider, target=target, cwd=os.getcwd())
+    providers: dict[str, ProviderFactory] = {n.name: make for n in graph.nodes if on_ray(n.spec)}
+    if not providers:
         raise ChainError(
             f"chain {graph.name!r}: no node goes to Ray (all are stream nodes or placement='local')"
         )
-    return RemoteChain(chain, dataclasses.replace(graph, nodes=nodes), placed, where="ray")
+    return Placement(providers, where="ray")
+
+
+def with_ray(chain: Any, target: str | None = None) -> Placed:
+    """``chain`` with its cluster-bound nodes on Ray actors, for ``Runtime(...)``. Ray must
+    be initialised (``connect``); the actors start with the runtime. Nodes already
+    placed elsewhere (``--remote``) stay there."""
+    inner = chain.chain if isinstance(chain, Placed) else chain
+    placement = ray_placement(inner, target)
+    if isinstance(chain, Placed):
+        for node in chain.placement.providers:
+            placement.providers.pop(node, None)
+    return Placed(chain, placement)
 
 
 def connect(address: str | None) -> None:
@@ -256,4 +259,13 @@ def connect(address: str | None) -> None:
     ray.init(address=address, namespace="chains", log_to_driver=False, configure_logging=False)
 
 
-__all__ = ["NodeActor", "RayProvider", "actor_options", "chain_target", "connect", "on_ray", "with_ray"]
+__all__ = [
+    "NodeActor",
+    "RayProvider",
+    "actor_options",
+    "chain_target",
+    "connect",
+    "on_ray",
+    "ray_placement",
+    "with_ray",
+]

@@ -1,11 +1,13 @@
-"""The replicas a runtime gets for a remote node: stubs over links, and their provider.
+"""The replicas a runtime gets for a node served elsewhere: stubs over links, and
+the providers that make them.
 
-``with_remotes(chain, {"node": url})`` returns a chain whose node is stubbed: its
-graph node's template has ``provider(spec)``, so the runtime's replica set gets
-its replicas from a ``RemoteProvider`` instead of loading the model here. Each
-replica is a stub over one ``RemoteLink``; the runtime serves items on it like
-on a local replica (``Stage.serve`` -> replica -> link -> host), so sessions see
-the same outputs, errors, control events and interruptions as in-process:
+``remote_placement(chain, {"node": url})`` places a node on hosts at fixed URLs
+(``chains serve --only NODE``): the runtime keeps the node's real spec (router,
+autoscaling, budget, ``route_tokens``) and its replica set gets its replicas from a
+``RemoteProvider``. Each replica is a stub over one ``RemoteLink``; the stage serves
+items on it like on a local replica (``Stage.serve`` -> replica -> link -> host),
+so sessions see the same outputs, errors, control events and interruptions as
+in-process:
 
 - a map or batched map becomes one ``Call`` per item (batches are formed on the
   host, across every caller), a streaming map a ``Call`` whose outputs stream
@@ -14,24 +16,27 @@ the same outputs, errors, control events and interruptions as in-process:
 
 A provider owns the links' tasks: its ``run`` holds a task group for the runtime's
 lifetime (started in the runtime's own task group), and ``start`` runs each new
-link in it. A replica
-whose link drops is lost (``is_lost``); the replica set rebuilds it through
-``start`` again, with backoff. ``transport.remote.ray`` subclasses the provider to
-find its URLs on Ray actors.
+link in it. A replica whose link drops is lost (``is_lost``); the replica set
+rebuilds it through ``start`` again, with backoff. ``transport.remote.ray``
+subclasses the provider to find its URLs on Ray actors.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator, Mapping
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from chains.errors import ChainError, ReplicaLost
-from chains.graph import Graph, GraphNode
-from chains.spec import NodeSpec, Options, Shape
+from chains.graph import Graph
+from chains.spec import NodeSpec, Shape
+from runtime.placement import Placed, Placement, ProviderFactory
+from runtime.replicas import Provider, ReplicaSet
+from runtime.routing import PrefixAware, router_for
 from transport.remote.caller import OUT_WINDOW, RemoteLink
 
 STUB_CONCURRENCY = 4096  # a stub's own limit per replica: the link's credits are the real one
@@ -46,10 +51,6 @@ class Stub:
 
     def alive(self) -> bool:
         return self.link.alive
-
-    def on_session_closed(self, session_id: str) -> None:
-        """The runtime's hook when a session closes: the host drops its state."""
-        self.link.session_closed(session_id)
 
 
 class MapStub(Stub):
@@ -76,26 +77,35 @@ STUB_FOR = {
 
 
 # --- where the stubs come from ---------------------------------------------------------------------
-class LinkProvider:
+class LinkProvider(Provider):
     """Replicas that are links to hosts; subclasses say which URL replica ``rid`` uses.
 
     The runtime runs ``run`` in its task group for its lifetime: the links' tasks are
     children of that, and end with the runtime."""
 
-    session_closed_hook = True  # the runtime calls each replica's on_session_closed
+    local = False
+    concurrency = STUB_CONCURRENCY  # per replica: the link's credits are the real limit
+    replicas: int | None = None  # how many to start; None: the node's own count
 
-    def __init__(self, spec: NodeSpec, out_window: int = OUT_WINDOW):
+    def __init__(self, spec: NodeSpec, template: Any = None, out_window: int = OUT_WINDOW):
         self.spec = spec
+        self.template = template
         self.node = spec.name
         self.stub_cls = STUB_FOR[spec.shape]
         self.out_window = out_window
         self.links: set[RemoteLink] = set()
-        self._tg: Any = None
-        self._set: Any = None
+        self._tg: TaskGroup | None = None
+        self._set: ReplicaSet | None = None
+        self._router_instance: Any = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Host the links' tasks until cancelled (the runtime starts this in its task group
-        before the first replica, and cancels it when it closes: every link ends)."""
+        before the first replica, and cancels it when it closes: every link ends). A node
+        routed by prefix whose ``route_tokens`` needs an instance gets one here, in this
+        process: constructed (an LLM's tokenizer), never set up (no engine)."""
+        if self._needs_router_instance():
+            assert self.template is not None
+            self._router_instance = await anyio.to_thread.run_sync(self.template.instantiate)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -105,10 +115,38 @@ class LinkProvider:
             self._tg = None
             self.links.clear()
 
-    def watch(self, replicas: Any) -> None:
+    def _needs_router_instance(self) -> bool:
+        spec = self.spec
+        if (
+            not spec.is_class
+            or self.template is None
+            or not callable(getattr(spec.impl, "route_tokens", None))
+        ):
+            return False
+        raw = inspect.getattr_static(spec.impl, "route_tokens")
+        return not isinstance(raw, staticmethod | classmethod) and isinstance(router_for(spec), PrefixAware)
+
+    def tokens_of(self) -> Callable[..., Any] | None:
+        """The driver-side instance's ``route_tokens`` (read per item: the instance is made
+        when the provider runs)."""
+        if not self._needs_router_instance():
+            return None
+
+        def tokens(*args: Any) -> Any:
+            inst = self._router_instance
+            return None if inst is None else inst.route_tokens(*args)
+
+        return tokens
+
+    def watch(self, replicas: ReplicaSet) -> None:
         """The replica set this provider serves: a link that drops reports its replica lost
         at once (not at its next call), so no new item is sent to it."""
         self._set = replicas
+
+    def session_closed(self, instances: list[Any], session_id: str) -> None:
+        """The runtime closed a session: each host drops its state for it."""
+        for inst in instances:
+            inst.link.session_closed(session_id)
 
     def _link_lost(self, link: RemoteLink) -> None:
         rs = self._set
@@ -149,9 +187,13 @@ class RemoteProvider(LinkProvider):
     """Replicas at fixed URLs (``chains serve --only NODE`` processes): replica ``rid``
     keeps the URL it was first given (round robin), so a rebuild relinks to it."""
 
-    def __init__(self, spec: NodeSpec, urls: list[str], out_window: int = OUT_WINDOW):
-        super().__init__(spec, out_window)
+    def __init__(
+        self, spec: NodeSpec, template: Any = None, *, urls: list[str], out_window: int = OUT_WINDOW
+    ):
+        super().__init__(spec, template, out_window)
         self.urls = urls
+        if not spec.options.autoscaled:
+            self.replicas = len(urls)  # one replica per url
         self._assigned: dict[int, str] = {}
 
     async def url_for(self, rid: int) -> str:
@@ -161,80 +203,32 @@ class RemoteProvider(LinkProvider):
         return url
 
 
-class StubTemplate:
-    """The stubbed graph node's template: the runtime asks it for the replicas' provider."""
-
-    def __init__(self, provider: LinkProvider):
-        self._provider = provider
-
-    def provider(self, spec: NodeSpec) -> LinkProvider:
-        return self._provider
-
-
-def stub_node(n: GraphNode, provider: LinkProvider, replicas: int) -> GraphNode:
-    """``n`` with its replicas served by ``provider``: an async class node that the
-    runtime serves like any other (a batched map becomes a map: batches form on the host)."""
-    spec = n.spec
-    opts = spec.options
-    shape = Shape.MAP if spec.shape is Shape.BATCH else spec.shape
-    stub_opts = Options(
-        name=opts.name,
-        budget_ms=opts.budget_ms,
-        concurrency=STUB_CONCURRENCY,
-        replicas=replicas,
-        device="cpu",
-        retries=opts.retries,
-        timeout_ms=opts.timeout_ms,
-        on_late=opts.on_late,
-        router=opts.router,
-        max_restarts=opts.max_restarts,
-    )
-    stub_spec = dataclasses.replace(
-        spec, impl=STUB_FOR[spec.shape], is_class=True, shape=shape, is_async=True, options=stub_opts
-    )
-    return dataclasses.replace(n, spec=stub_spec, template=StubTemplate(provider))
-
-
-class RemoteChain:
-    """A chain with some nodes served elsewhere; a ``Runtime`` runs it like the original
-    (and ``chains.call(original)`` inside that runtime is served by it)."""
-
-    def __init__(self, chain: Any, graph: Graph, remotes: Mapping[str, Any], where: str = "remote"):
-        self.original = getattr(chain, "original", chain)
-        self.name = chain.name
-        self.budget_ms = getattr(chain, "budget_ms", None)
-        self.graph = graph
-        self.remotes = dict(remotes)
-        self.where = where
-
-    def __repr__(self) -> str:
-        return f"<chains chain {self.name} with {', '.join(self.remotes)} on {self.where}>"
-
-
-def with_remotes(
+def remote_placement(
     chain: Any, remotes: Mapping[str, str | list[str]], out_window: int = OUT_WINDOW
-) -> RemoteChain:
-    """``chain`` with each named node reached at its url(s) (``chains serve --only NODE``);
-    several urls for one node make that many replicas."""
+) -> Placement:
+    """Each named node of ``chain`` served by the host(s) at its url(s); several urls for
+    one node make that many replicas (unless the node's own options ask for more)."""
     graph: Graph = chain.graph
     names = [n.name for n in graph.nodes]
-    for node in remotes:
+    providers: dict[str, ProviderFactory] = {}
+    for node, given in remotes.items():
         if node not in names:
             raise ChainError(
                 f"--remote: chain {graph.name!r} has no node {node!r}; it has: {', '.join(names)}"
             )
-    nodes = []
-    for n in graph.nodes:
-        given = remotes.get(n.name)
-        if given is None:
-            nodes.append(n)
-            continue
         urls = [given] if isinstance(given, str) else list(given)
         for url in urls:
             if not url.startswith(("ws://", "wss://")):
-                raise ChainError(f"--remote {n.name}={url}: the url must start with ws:// or wss://")
-        nodes.append(stub_node(n, RemoteProvider(n.spec, urls, out_window), len(urls)))
-    return RemoteChain(chain, dataclasses.replace(graph, nodes=nodes), remotes)
+                raise ChainError(f"--remote {node}={url}: the url must start with ws:// or wss://")
+        providers[node] = functools.partial(RemoteProvider, urls=urls, out_window=out_window)
+    return Placement(providers, where="remote")
+
+
+def with_remotes(chain: Any, remotes: Mapping[str, str | list[str]], out_window: int = OUT_WINDOW) -> Placed:
+    """``chain`` with each named node reached at its url(s) (``chains serve --only NODE``),
+    for ``Runtime(...)``: the graph is the chain's own, only where replicas run changes."""
+    inner = chain.chain if isinstance(chain, Placed) else chain
+    return Placed(chain, remote_placement(inner, remotes, out_window))
 
 
 def links_of(rt: Any) -> dict[str, RemoteLink]:
@@ -248,13 +242,4 @@ def links_of(rt: Any) -> dict[str, RemoteLink]:
     return out
 
 
-__all__ = [
-    "LinkProvider",
-    "RemoteChain",
-    "RemoteProvider",
-    "Stub",
-    "StubTemplate",
-    "links_of",
-    "stub_node",
-    "with_remotes",
-]
+__all__ = ["LinkProvider", "RemoteProvider", "Stub", "links_of", "remote_placement", "with_remotes"]

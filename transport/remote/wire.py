@@ -30,8 +30,9 @@ import msgspec
 
 import chains.messages as _messages
 from chains.errors import NodeError
+from runtime.envelope import Usage
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Result and End carry the replica's Usage
 STALE = "stale"  # a Fail code: the item's turn was interrupted before it was served
 
 
@@ -99,6 +100,7 @@ class Cancel(msgspec.Struct, tag="cancel", array_like=True, frozen=True):
 class Result(msgspec.Struct, tag="result", array_like=True, frozen=True):
     id: int
     value: Value | None  # None: the map filtered the item out
+    usage: Usage | None = None  # what the replica reported serving it (cached tokens)
 
 
 class Item(msgspec.Struct, tag="item", array_like=True, frozen=True):
@@ -108,6 +110,7 @@ class Item(msgspec.Struct, tag="item", array_like=True, frozen=True):
 
 class End(msgspec.Struct, tag="end", array_like=True, frozen=True):
     id: int
+    usage: Usage | None = None  # a finished streaming call: what the replica reported
 
 
 class Fail(msgspec.Struct, tag="fail", array_like=True, frozen=True):
