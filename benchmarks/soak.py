@@ -85,12 +85,22 @@ async def _snap(srv: ServerProcess, inside: bool = True) -> Snapshot:
     return await anyio.to_thread.run_sync(srv.snapshot, inside)
 
 
+def _breakdown(results: list[Result], t0: float, t1: float) -> dict[str, float]:
+    """The server's per-turn latency breakdown (ms after the end of speech: end of turn,
+    transcript, first token, first audio), p50 over the turns reported in [t0, t1]:
+    the stage whose figure grows with load is what saturates first."""
+    rows = [b for r in results for t, b in r.breakdowns if t0 <= t <= t1]
+    keys = sorted({k for b in rows for k in b})
+    return {k: round(percentile([b[k] for b in rows if k in b], 0.5), 1) for k in keys}
+
+
 # --- density ----------------------------------------------------------------------------
-async def _probe(load: Load, turns: int) -> list[float]:
+async def _probe(load: Load, turns: int) -> Result:
+    """One caller beside the load (vLLM bench's probe): its TTFA against its idle one."""
     res = Result(started=time.monotonic())
     client = ChainsClient(load.url, load.speech.rate, load.out_rate)
     await call(client, load.speech, Script(**{**load.script.__dict__, "turns": turns}), None, res)
-    return [t for t in _ttfas(res.turns)]
+    return res
 
 
 async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]) -> dict[str, Any]:
@@ -102,7 +112,8 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
         if not args.quick:
             await _probe(load, 1)  # warm the server's paths once
         idle = await _probe(load, args.probe_turns)
-        idle_ms = percentile(idle, 0.5)
+        idle_ms = percentile(_ttfas(idle.turns), 0.5)
+        idle_breakdown = _breakdown([idle], 0.0, time.monotonic())
         idle_snap = await _snap(srv, inside=False)
         print(
             f"density: idle probe TTFA {idle_ms:.0f} ms, RSS {idle_snap.rss_kib / 1024:.1f} MiB", flush=True
@@ -123,7 +134,15 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
                     while load.active < n:
                         await anyio.sleep(0.2)
                 s0, t0, c0 = await _snap(srv, inside=False), time.monotonic(), time.process_time()
-                probe = await _probe(load, args.probe_turns)
+                seen: list[int] = []
+
+                async def count_live(until: float, seen: list[int] = seen) -> None:
+                    while time.monotonic() < until:
+                        seen.append(load.active)
+                        await anyio.sleep(0.5)
+
+                tg.start_soon(count_live, t0 + args.window_s)
+                probe = _ttfas((await _probe(load, args.probe_turns)).turns)
                 await anyio.sleep(max(0.0, t0 + args.window_s - time.monotonic()))
                 s1, t1, c1 = await _snap(srv, inside=False), time.monotonic(), time.process_time()
                 turns = [
@@ -133,7 +152,7 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
                     if t0 <= t.speech_end <= t1 - budget / 1000 and t.speech_end
                 ]
                 vals = _ttfas(turns)
-                live = load.active
+                live = round(sum(seen) / max(1, len(seen)))  # the mean over the window
                 row = {
                     "level": n,
                     "live": live,
@@ -148,6 +167,7 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
                     "caller_cores": round((c1 - c0) / (t1 - t0), 3),  # the load generator, same machine
                     "rss_kib_per_session": round((s1.rss_kib - idle_snap.rss_kib) / max(1, live), 1),
                     "rss_mib": round(s1.rss_kib / 1024, 1),
+                    "breakdown_p50_ms": _breakdown(load.results, t0, t1),
                     "caller_send_lag_p99_ms": round(
                         1000 * percentile([r.send_lag_max for r in load.results[-max(1, live) :]], 0.99), 1
                     ),
@@ -158,14 +178,19 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
                 )
                 rows.append(row)
                 print(f"density: {json.dumps(row)}", flush=True)
-                if not row["pass"]:
+                if not row["pass"] and not args.keep_going:
                     break
             stop["v"] = True
-        passing = [r for r in rows if r["pass"]]
+        passing = []  # the levels up to the first that failed
+        for r in rows:
+            if not r["pass"]:
+                break
+            passing.append(r)
         best = passing[-1] if passing else rows[0]
     return {
         "levels": rows,
         "idle_probe_ms": round(idle_ms, 1),
+        "idle_breakdown_p50_ms": idle_breakdown,
         "summary": {
             "sessions": best["level"] if passing else 0,
             "ttfa_p95_ms": best["ttfa_ms"]["p95"],
@@ -289,10 +314,11 @@ def _args(argv: list[str] | None) -> Any:
     p.add_argument("--speedup", type=float, default=10.0, help="FAKEVOICE_SPEEDUP for the fake chain")
     p.add_argument("--reply", choices=("long", "short"), default="long", help="the fake LLM's reply")
     p.add_argument("--budget-ms", type=float, default=4000.0)
-    p.add_argument("--levels", default="50,100,200,400,600,800,1000,1200,1500")
+    p.add_argument("--levels", default="100,200,300,400,500,600,800,1000")
     p.add_argument("--window-s", type=float, default=25.0)
+    p.add_argument("--keep-going", action="store_true", help="density: measure every level")
     p.add_argument("--ramp-s", type=float, default=10.0)
-    p.add_argument("--probe-turns", type=int, default=3)
+    p.add_argument("--probe-turns", type=int, default=2)
     p.add_argument("--concurrency", "-C", type=int, default=50)
     p.add_argument("--sessions", "-N", type=int, default=2000)
     p.add_argument("--waves", type=int, default=10)

@@ -22,6 +22,7 @@ first reply audio arrives; ``stall`` stops reading for ``stall_s`` at that point
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ import numpy as np
 from chains.audio import silence, split_frames
 from chains.messages import AudioFrame
 from transport.client import Client, ClientError
-from transport.protocol import Done, Error
+from transport.protocol import Done, Error, Metrics
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class ChainsClient:
             return "error", msg.code
         if isinstance(msg, Done):
             return "done", None
+        if isinstance(msg, Metrics):
+            return "metrics", msg.breakdown
         return "other", msg
 
     def abort(self) -> None:
@@ -120,6 +123,7 @@ class Result:
     fault: str | None = None
     done: bool = False  # the server said `done`
     failure: str | None = None  # why the session ended otherwise
+    breakdowns: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # the server's, per turn
     send_lag_max: float = 0.0  # the caller's own worst lateness sending a frame (s): its saturation
 
     @property
@@ -131,6 +135,12 @@ class Result:
         return any(t.outcome in ("lost", "pending") for t in self.turns) or not (
             self.done or any(t.outcome == "error" for t in self.turns)
         )
+
+
+@functools.cache
+def _frames(speech: Speech, frame_ms: int) -> list[bytes]:
+    """The question's frames, split once for every caller (not once per call)."""
+    return split_frames(speech.pcm, speech.rate, frame_ms)
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ async def call(
     res.fault = fault
     frame_bytes = speech.rate * script.frame_ms // 1000 * 2
     quiet = silence(script.frame_ms, speech.rate)
-    frames = split_frames(speech.pcm, speech.rate, script.frame_ms)
+    frames = _frames(speech, script.frame_ms)
     dt = script.frame_ms / 1000.0
     voiced_frames = int(np.ceil(speech.speech_end_s / dt))
     state = {"playout": 0.0, "closed": False}
@@ -189,6 +199,8 @@ async def call(
                     if turn is not None and turn.outcome == "pending":
                         turn.error = str(val)
                     res.failure = f"error {val}"
+                elif kind == "metrics" and val:
+                    res.breakdowns.append((now, val))
                 elif kind == "done":
                     res.done = True
                     return

@@ -38,7 +38,7 @@ class Snapshot:
 
     t: float
     rss_kib: float
-    cpu_s: float
+    cpu_s: float  # the server and its child processes (vLLM's engine core runs in one)
     threads: int
     fds: int
     sockets: int
@@ -46,6 +46,7 @@ class Snapshot:
     series: int = -1
     sessions_active: int = -1
     objects: dict[str, int] | None = None
+    children_rss_kib: float = 0.0
 
     def brief(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "objects"}
@@ -120,15 +121,24 @@ class ServerProcess:
         at thousands of sessions: gate points only)."""
         ps = self.ps
         assert ps is not None
+        kids_cpu = kids_rss = 0.0
+        for kid in self.children():
+            try:
+                kt = kid.cpu_times()
+                kids_cpu += kt.user + kt.system
+                kids_rss += kid.memory_info().rss / 1024
+            except psutil.Error:  # it ended meanwhile
+                continue
         with ps.oneshot():
             ct = ps.cpu_times()
             snap = Snapshot(
                 t=time.monotonic(),
                 rss_kib=ps.memory_info().rss / 1024,
-                cpu_s=ct.user + ct.system,
+                cpu_s=ct.user + ct.system + kids_cpu,
                 threads=ps.num_threads(),
                 fds=ps.num_fds(),
                 sockets=len(ps.net_connections(kind="inet")),
+                children_rss_kib=kids_rss,
             )
         if inside:
             c = census.parse(self.metrics_text())
