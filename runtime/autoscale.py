@@ -34,11 +34,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from chains.spec import NodeSpec
+from runtime.batcher import Batcher
+from runtime.costmodel import CostModel
 from runtime.logs import get_logger
+from runtime.metrics import StageMetrics
 
 if TYPE_CHECKING:
     from runtime.replicas import ReplicaSet
@@ -53,12 +57,25 @@ class Decision:
     reason: str
 
 
+class ScaledStage(Protocol):
+    """What the autoscaler reads of a stage (runtime/stage.py)."""
+
+    name: str
+    spec: NodeSpec
+    metrics: StageMetrics
+    cost: CostModel
+    budget_s: float | None
+
+    @property
+    def batcher(self) -> Batcher | None: ...
+
+
 class _StageView:
     """The counters of one stage at the previous tick, to take differences."""
 
     __slots__ = ("done", "last_rate", "missed", "queued", "rate", "stage", "wait_count", "wait_sum")
 
-    def __init__(self, stage: Any):
+    def __init__(self, stage: ScaledStage):
         self.stage = stage
         self.done = 0
         self.missed = 0
@@ -75,14 +92,10 @@ class _StageView:
         return done, m.late + m.shed, queued(self.stage), m.queue_wait.sum, m.queue_wait.count
 
 
-def queued(stage: Any) -> int:
-    """Items waiting at a stage now: its batcher's inbox, or its limiter's waiters."""
-    batcher = getattr(stage, "batcher", None)
-    if batcher is not None:
-        return len(batcher)
-    limiter = getattr(stage, "limiter", None)
-    waiting = getattr(limiter, "waiting", None)
-    return waiting if isinstance(waiting, int) else stage.metrics.queued
+def queued(stage: ScaledStage) -> int:
+    """Items waiting at a stage now: its batcher's inbox, or its admission queue."""
+    batcher = stage.batcher
+    return len(batcher) if batcher is not None else stage.metrics.queued
 
 
 class Autoscaler:
@@ -91,7 +104,7 @@ class Autoscaler:
     def __init__(
         self,
         replicas: ReplicaSet,
-        stages: Sequence[Any],
+        stages: Sequence[ScaledStage],
         *,
         tick_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -125,22 +138,22 @@ class Autoscaler:
         self._over = 0  # ticks in a row with need above the target
         self._was_loading = False
         self._grace_until = -math.inf  # misses until then are a scale-up's backlog, not news
-        budgets = [b for s in self.stages if (b := getattr(s, "budget_s", None))]
+        budgets = [b for s in self.stages if (b := s.budget_s)]
         self.grace_s = max([2 * tick_s, *budgets])
         self._logger = get_logger(node=replicas.name, component="autoscaler")
 
     # --- observing --------------------------------------------------------------------------
-    def _per_item_s(self, stage: Any) -> float | None:
+    def _per_item_s(self, stage: ScaledStage) -> float | None:
         """Replica-seconds one item costs at the batch size the stage's budget allows."""
         c = max(1, stage.spec.concurrency)
         cost = stage.cost
-        batcher = getattr(stage, "batcher", None)
+        batcher = stage.batcher
         if cost.n == 0:
             svc = stage.metrics.service
             return svc.mean / c if svc.count else None
         if batcher is None:
             return cost.predict(1) / c
-        b, budget = 1, getattr(stage, "budget_s", None)
+        b, budget = 1, stage.budget_s
         # A batch waits for the one before it, then runs: both fit in the budget.
         limit = budget * (1.0 - self.wait_share) if budget else math.inf
         for size in range(batcher.max_size, 0, -1):
@@ -158,7 +171,7 @@ class Autoscaler:
         demand, recent, misses = 0.0, 0.0, []
         for v in self.views:
             done, missed, q, wsum, wcount = v.read()
-            budget = getattr(v.stage, "budget_s", None)
+            budget = v.stage.budget_s
             per_item = self._per_item_s(v.stage)
             if dt > 0:
                 arrivals = max(0, (done - v.done) + (q - v.queued))

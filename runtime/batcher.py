@@ -210,6 +210,25 @@ class Batcher:
                 continue
             await self._wait_arrival(wait)
 
+    def _newest_feasible(self, batch: list[BatchItem], finish: float) -> list[BatchItem]:
+        """Under overload, of the items that must go now (they cannot wait for the next
+        batch, which ends one batch later) serve the newest: the oldest are the ones the
+        cost model's noise would make late, and one of them dies either way when more
+        must go than a batch holds. Those left behind are shed at the next take."""
+        if len(batch) < self.max_size or not self._heap:
+            return batch
+        next_finish = finish + self.cost.predict(self.max_size)
+        if self._heap[0].deadline >= next_finish:
+            return batch  # the rest can wait: earliest deadline first is right
+        must = batch
+        while self._heap and self._heap[0].deadline < next_finish:
+            must.append(heapq.heappop(self._heap))
+        must.sort(key=lambda it: it.deadline)
+        keep, back = must[-self.max_size :], must[: -self.max_size]
+        for it in back:
+            heapq.heappush(self._heap, it)
+        return keep
+
     def _take(self, now: float) -> list[BatchItem]:
         batch: list[BatchItem] = []
         while self._heap and len(batch) < self.max_size:
@@ -224,7 +243,7 @@ class Batcher:
             finish = now + self.cost.predict(len(batch)) - optimism
             hopeless = [it for it in batch if it.deadline < finish]
             if not hopeless or self.cost.n == 0:
-                return batch
+                return self._newest_feasible(batch, finish) if self.cost.n else batch
             for it in hopeless:
                 batch.remove(it)
                 if self.on_shed:

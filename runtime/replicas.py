@@ -123,9 +123,16 @@ class LocalProvider(Provider):
             setup = getattr(inst, "setup", None)
             if setup is not None:
                 await _maybe_await(setup())
-        except ModelError:
-            raise
         except Exception as e:
+            if _started_a_process_while_importing(e):
+                raise ModelError(
+                    f"node {self.spec.name!r} failed to start: its engine starts worker processes, "
+                    "and each re-runs the script that defines the chain, whose top-level code starts "
+                    'the chain again. Put that code under `if __name__ == "__main__":` (the chain '
+                    "and node definitions may stay at top level), or run the file with `chains run`."
+                ) from e
+            if isinstance(e, ModelError):
+                raise
             raise ModelError(f"node {self.spec.name!r} failed to start: {type(e).__name__}: {e}") from e
         return checked(self.spec, inst)
 
@@ -140,6 +147,19 @@ class LocalProvider(Provider):
             return True
         alive = getattr(instance, "alive", None) if self.spec.is_class else None
         return alive is not None and not alive()
+
+
+def _started_a_process_while_importing(exc: BaseException | None) -> bool:
+    """multiprocessing's refusal to start a process from a script re-run by a spawned
+    child (no main guard), wherever it sits in the chain of causes (an engine's loader
+    wraps it in its own error, whose advice would be wrong)."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, RuntimeError) and "bootstrapping phase" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 _rids = itertools.count(1)

@@ -68,6 +68,7 @@ class Router(Protocol):
     be asked even when only one replica is ready, or it starts cold when a second comes."""
 
     learns: bool
+    stats: PrefixStats | None  # a prefix-aware router's predicted vs engine-cached tokens
 
     def choose(self, replicas: Sequence[Replica], route: Route | None) -> Replica:
         """One of ``replicas`` (never empty, all ready) for the item ``route`` describes."""
@@ -90,6 +91,7 @@ class LeastBusy:
     """The replica with the fewest calls in flight (the first of equals)."""
 
     learns = False
+    stats = None
 
     def choose(self, replicas: Sequence[Replica], route: Route | None) -> Replica:
         return _least_busy(replicas)
@@ -103,6 +105,7 @@ class RoundRobin:
     replica joining or leaving does not make the others skip or repeat a turn."""
 
     learns = False
+    stats = None
 
     def __init__(self) -> None:
         self._last = -1  # id of the replica served last
@@ -126,6 +129,7 @@ class Sticky:
     router is not told when a session ends."""
 
     learns = True
+    stats = None
 
     def __init__(self, max_sessions: int = 100_000) -> None:
         self.max_sessions = max_sessions

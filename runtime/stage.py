@@ -116,7 +116,7 @@ class Stage:
         m = self.metrics
         m.replicas_ready, m.replicas_loading, m.replicas_lost = c["ready"], c["loading"], c["lost"]
         m.replica_rebuilds = rs.rebuilds
-        m.prefix = getattr(rs.router, "stats", None)
+        m.prefix = rs.router.stats
 
     # --- deadlines ------------------------------------------------------------------
     def deadline(self, chain_deadline: float, now: float) -> float:
@@ -231,7 +231,7 @@ class Stage:
     def _observe_cache(self, route: Route, cached: int) -> None:
         """The engine said how many prompt tokens it served from its cache: the router's
         prediction for this item is checked against it (exported with the stage)."""
-        stats = getattr(self.replicas.router, "stats", None)
+        stats = self.replicas.router.stats
         if stats is not None:
             tokens = route.tokens
             stats.observe_actual(cached, route.predicted_cached, len(tokens) if tokens is not None else None)

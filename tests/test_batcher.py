@@ -134,6 +134,28 @@ def test_hopeless_items_are_shed_and_the_batch_refilled():
     run(go())
 
 
+def test_under_overload_the_newest_of_the_items_that_must_go_now_are_served():
+    """More items must go now than a batch holds (none could wait for the next batch):
+    the newest are served, the oldest (the ones noise would make late) are shed next."""
+
+    async def go():
+        shed = []
+        cost = trained(a=0.020, k=0.002)  # a batch of 4 takes 28 ms
+        b = make(max_size=4, cost=cost, on_shed=lambda it, late: shed.append(it.payload))
+        # Six items that fit this batch (due after ~100.028 s), none a batch later (~100.056 s).
+        fill(b, [100.030, 100.035, 100.040, 100.045, 100.050, 100.052])
+        batch = b._take(100.0)
+        assert [it.payload for it in batch] == [2, 3, 4, 5]
+        assert not shed and len(b) == 2
+        assert b._take(100.028) == [] and shed == [0, 1]  # hopeless a batch later
+
+        # Items that can wait for the next batch keep earliest-deadline-first order.
+        fill(b, [100.030, 100.035, 100.040, 100.045, 101.0, 102.0])
+        assert [it.deadline for it in b._take(100.0)] == [100.030, 100.035, 100.040, 100.045]
+
+    run(go())
+
+
 def test_serve_policy_keeps_late_items():
     async def go():
         b = make(max_size=4, on_late="serve")

