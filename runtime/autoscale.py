@@ -150,7 +150,8 @@ class Autoscaler:
         batcher = stage.batcher
         if cost.n == 0:
             svc = stage.metrics.service
-            return svc.mean / c if svc.count else None
+            mean = svc.mean
+            return mean / c if mean is not None else None
         if batcher is None:
             return cost.predict(1) / c
         b, budget = 1, stage.budget_s

@@ -60,6 +60,9 @@ class Placed:
     """A chain and where its nodes run; a runtime serves it as the chain itself (and
     ``chains.call(chain)`` inside that runtime is served by it)."""
 
+    chain: Any
+    placement: Placement
+
     def __init__(self, chain: Any, placement: Placement):
         if isinstance(chain, Placed):
             placement = chain.placement.merged(placement)

@@ -22,7 +22,7 @@ import inspect
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -82,6 +82,7 @@ class Provider(Protocol):
 
     def watch(self, replicas: ReplicaSet) -> None:
         """The set this provider serves (to report a replica it sees die)."""
+        return None
 
     async def start(self, rid: int) -> Any:
         """Load one replica; return what the stage calls (raises ModelError if it cannot)."""
@@ -97,6 +98,7 @@ class Provider(Protocol):
 
     def session_closed(self, instances: list[Any], session_id: str) -> None:
         """A session ended: replicas holding its state elsewhere drop it."""
+        return None
 
     def tokens_of(self) -> Callable[..., Any] | None:
         """``route_tokens`` for items of this node when its replicas cannot be asked here."""
@@ -204,7 +206,7 @@ class ReplicaSet:
         if len(ready) == 1 and not self.router_learns:
             r = ready[0]
         elif ready:
-            r = self.router.choose(ready, route)
+            r = cast(Replica, self.router.choose(ready, route))  # one of ``ready``
         else:
             raise self._none_ready()
         r.inflight += 1

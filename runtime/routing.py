@@ -68,7 +68,11 @@ class Router(Protocol):
     be asked even when only one replica is ready, or it starts cold when a second comes."""
 
     learns: bool
-    stats: PrefixStats | None  # a prefix-aware router's predicted vs engine-cached tokens
+
+    @property
+    def stats(self) -> PrefixStats | None:
+        """A prefix-aware router's predicted vs engine-cached tokens; None for the others."""
+        ...
 
     def choose(self, replicas: Sequence[Replica], route: Route | None) -> Replica:
         """One of ``replicas`` (never empty, all ready) for the item ``route`` describes."""

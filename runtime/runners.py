@@ -192,14 +192,14 @@ async def run_map_n(
         args = []
         last: Envelope | None = None
         for p, rx in enumerate(rxs):
-            if p in held:
-                env = held[p]
-            else:
-                env = await next_live(sess, rx, stage)
-                if env is None:
+            got = held.get(p)
+            if got is None:
+                got = await next_live(sess, rx, stage)
+                if got is None:
                     return
                 if not node.inputs[p].stream:
-                    held[p] = env
+                    held[p] = got
+            env = got
             args.append(env.payload)
             if last is None or env.origin >= last.origin:
                 last = env

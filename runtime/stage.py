@@ -129,7 +129,7 @@ class Stage:
     def expected_service_s(self) -> float:
         if self.batcher is not None:
             return self.cost.predict(1) if self.cost.n else 0.0
-        return self.metrics.service.mean if self.metrics.service.count else 0.0
+        return self.metrics.service.mean or 0.0
 
     def route(self, session: str, args: tuple[Any, ...]) -> Route | None:
         """What the router sees of an item; None when there is nothing to choose from."""

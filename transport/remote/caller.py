@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
@@ -295,7 +295,7 @@ class RemoteLink:
         await self.calls.acquire()
         self.stats["calls"] += 1
 
-    async def call_stream(self, args: tuple[Any, ...]) -> AsyncIterator[Any]:
+    async def call_stream(self, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
         """A streaming-map call: outputs arrive as produced; closing it cancels it."""
         self._check()
         sid, epoch, meta = self._session()
@@ -309,7 +309,7 @@ class RemoteLink:
             async for out in outs:
                 yield out
 
-    async def open_stream(self, args: tuple[Any, ...]) -> AsyncIterator[Any]:
+    async def open_stream(self, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
         """A stream node's session: our input streams are fed to the host's instance by
         feeder tasks in a task group this generator holds open while it runs."""
         self._check()
@@ -346,7 +346,7 @@ class RemoteLink:
                 self.send(Feed(call_id, param, ctx.epoch, self.codec.encode(item)))
             self.send(FeedEnd(call_id, param))
 
-    async def _outputs(self, call_id: int, inbox: Inbox) -> AsyncIterator[Any]:
+    async def _outputs(self, call_id: int, inbox: Inbox) -> AsyncGenerator[Any, None]:
         step = max(1, self.out_window // 2)
         consumed = 0
         finished = False
