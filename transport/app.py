@@ -42,6 +42,7 @@ from transport.connection import Connection
 from transport.endpoints import voice_routes
 from transport.http import JSON, PROMETHEUS, TEXT, token_from, token_matches
 from transport.httpapi.chainapi import chain_endpoint
+from transport.httpapi.leaving import Departures
 from transport.httpapi.openai import openai_routes
 from transport.protocol import CLOSE_OVERLOADED, Error, encode
 from transport.settings import ConnectionSettings, Limits
@@ -59,6 +60,7 @@ class Served(Protocol):
     connections: set[Connection]
     sessions: Slots  # websocket sessions
     requests: Slots  # HTTP chain requests
+    departures: Departures  # cancels the calls of HTTP clients that left
     web_root: Path | None
     log: Any
 

@@ -37,6 +37,7 @@ from runtime.metrics import prometheus_text
 from transport.admission import Slots
 from transport.app import build_app
 from transport.connection import Connection
+from transport.httpapi.leaving import Departures
 from transport.settings import ConnectionSettings, Limits
 from transport.wsocket import protocol_class
 
@@ -100,8 +101,10 @@ class ChainServer:
         lim = self.limits
         self.sessions = Slots(lim.max_sessions, lim.session_wait_s, lim.retry_after_s)
         self.requests = Slots(lim.max_requests, lim.session_wait_s, lim.retry_after_s)
+        self.departures = Departures()
         self.app = build_app(self, prometheus_text)
         self._uv: uvicorn.Server | None = None
+        self._tg: Any = None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> ChainServer:
@@ -126,6 +129,8 @@ class ChainServer:
             self._uv.lifespan = config.lifespan_class(config)  # "off": a no-op (uvicorn's _serve sets it)
             await self._uv.startup(sockets=[sock])
             tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg = tg
+            await tg.start(self.departures.run, name="departures")
             tg.start_soon(self._uv.main_loop, name="uvicorn")
             stack.push_async_callback(self._shutdown)
         except BaseException:
@@ -169,6 +174,7 @@ class ChainServer:
             await uv.shutdown()
             for conn in list(self.connections):
                 conn.ws.abort()
+            self._tg.cancel_scope.cancel()  # the departures' ticker (uvicorn's loop has returned)
 
     @property
     def url(self) -> str:

@@ -40,7 +40,6 @@ from transport.httpapi.common import (
     node_failure,
     overloaded,
     read_body,
-    until_disconnect,
 )
 from transport.httpapi.inputs import chain_inputs, outputs_by_name
 
@@ -80,7 +79,7 @@ def chain_endpoint(served: Any) -> Callable[[Request], Any]:
             return await stream_response(served, rt, inputs, sse=SSE in accept and NDJSON not in accept)
 
         async def work() -> Response:
-            result = await until_disconnect(request, lambda: call(served, rt, inputs))
+            result = await served.departures.until_gone(request, lambda: call(served, rt, inputs))
             return json_response(outputs_by_name(rt.graph, result))
 
         return await in_slot(served.requests, "requests", work)  # type: ignore[no-any-return]

@@ -12,7 +12,6 @@ The error body has one shape for our own endpoints and the OpenAI-compatible one
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,10 +23,10 @@ from starlette.responses import Response
 from chains.errors import NodeError, Overloaded
 from transport.admission import Slots
 from transport.http import token_from, token_matches
+from transport.httpapi.leaving import Disconnected
 
 JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
-WATCH_AFTER_S = 0.02  # a call still running after this watches for its client leaving
 LATE = frozenset(("shed", "timeout", "late", "deadline"))  # the item's budget ran out
 UNAVAILABLE = frozenset(("replica_lost", "no_replica"))
 
@@ -69,10 +68,6 @@ class HttpError(Exception):
 
     def response(self) -> Response:
         return Response(_encode(self.body()), self.status, self.headers, media_type=JSON)
-
-
-class Disconnected(Exception):
-    """The client went away before its answer was ready."""
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -165,51 +160,6 @@ async def in_slot(slots: Slots, what: str, work: Callable[[], Awaitable[Any]]) -
         slots.give()
 
 
-async def until_disconnect(request: Request, work: Callable[[], Awaitable[Any]]) -> Any:
-    """``await work()``, cancelled (``Disconnected``) when the client goes away first.
-    Call it after the body is read: the only message left to receive is the disconnect.
-
-    The watcher is an ``asyncio.TaskGroup`` task, not anyio's, started only once the
-    call has taken ``WATCH_AFTER_S``: per request, a task (anyio's all the more) costs
-    about as much as the chain call itself (benchmarks/http.py), and a call that ends
-    sooner has nothing worth cancelling."""
-    host = asyncio.current_task()
-    assert host is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        host.cancel()
-
-    result: list[Any] = []
-    failure: list[Exception] = []
-    async with asyncio.TaskGroup() as tg:
-        watchers: list[asyncio.Task[None]] = []
-        timer = asyncio.get_running_loop().call_later(
-            WATCH_AFTER_S, lambda: watchers.append(tg.create_task(watch()))
-        )
-        try:
-            result.append(await work())
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            host.uncancel()  # our own cancellation: the client left
-        except Exception as e:  # raised below, not wrapped in the group's ExceptionGroup
-            failure.append(e)
-        finally:
-            timer.cancel()
-            for w in watchers:
-                w.cancel()
-    if failure:
-        raise failure[0]
-    if not result:
-        raise Disconnected()
-    return result[0]
-
-
 def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """Every failure a client can cause as its status and JSON body; a client that left
     gets nothing (the work was cancelled)."""
@@ -239,6 +189,5 @@ __all__ = [
     "node_failure",
     "overloaded",
     "read_body",
-    "until_disconnect",
     "validation_error",
 ]

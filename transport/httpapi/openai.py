@@ -45,7 +45,6 @@ from transport.httpapi.common import (
     node_failure,
     overloaded,
     read_body,
-    until_disconnect,
 )
 from transport.httpapi.inputs import convert
 from transport.httpapi.transcribe import transcriptions_endpoint
@@ -132,7 +131,7 @@ def _embeddings(served: Any) -> Callable[[Request], Any]:
 
         async def work() -> list[Any]:
             try:
-                return await until_disconnect(request, all_of)  # type: ignore[no-any-return]
+                return await served.departures.until_gone(request, all_of)  # type: ignore[no-any-return]
             except BaseExceptionGroup as group:  # the first failure decides the status
                 raise group.exceptions[0] from None
 
@@ -191,7 +190,7 @@ def _chat(served: Any) -> Callable[[Request], Any]:
                 raise overloaded(e, served.requests) from None
 
         async def work() -> str:
-            return await until_disconnect(request, collect)  # type: ignore[no-any-return]
+            return await served.departures.until_gone(request, collect)  # type: ignore[no-any-return]
 
         text = await in_slot(served.requests, "requests", work)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}

@@ -32,7 +32,6 @@ from transport.httpapi.common import (
     node_failure,
     overloaded,
     read_body,
-    until_disconnect,
 )
 
 FORM = ("multipart/form-data",)
@@ -61,7 +60,7 @@ def transcriptions_endpoint(served: Any) -> Callable[[Request], Any]:
         fmt = form.get("response_format", "json")
 
         async def work() -> str:
-            return await until_disconnect(request, lambda: _transcribe(served, rt, audio))  # type: ignore[no-any-return]
+            return await served.departures.until_gone(request, lambda: _transcribe(served, rt, audio))  # type: ignore[no-any-return]
 
         text = await in_slot(served.requests, "requests", work)
         if fmt == "text":
