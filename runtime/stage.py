@@ -183,7 +183,15 @@ class Stage:
             slot.release()
         t1 = _mono()
         slot.served(t0, t1, 1, int(t1 > deadline))
+        if route is not None and route.predicted_cached is not None:
+            self._cached_from_context(route)  # a prefix-routed map (an LLM extractor)
         return result
+
+    def _cached_from_context(self, route: Route) -> None:
+        ctx = current_context()
+        if ctx is not None and ctx.cached_tokens is not None:
+            cached, ctx.cached_tokens = ctx.cached_tokens, None
+            self._observe_cache(route, cached)
 
     async def serve_stream(
         self, args: tuple[Any, ...], deadline: float, route: Route | None = None

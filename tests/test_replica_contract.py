@@ -432,3 +432,29 @@ async def test_an_engine_that_needs_a_main_guard_says_so_and_how() -> None:
             pass
     message = str(info.value)
     assert 'if __name__ == "__main__":' in message and "pip install" not in message
+
+
+class CachedMap:
+    """A prefix-routed map (an LLM extractor): it reports the engine's cached tokens."""
+
+    @classmethod
+    def route_tokens(cls, prompt: str) -> list[int]:
+        return [ord(c) for c in prompt]
+
+    async def __call__(self, prompt: str) -> str:
+        chains.context().cached_tokens = 16
+        return prompt
+
+
+async def test_a_prefix_routed_map_reports_engine_cached_tokens_too() -> None:
+    node = chains.node(name="cached_map", replicas=2, router="prefix")(CachedMap)
+
+    @chains.chain
+    def extract(prompt: str):
+        return node()(prompt)
+
+    async with Runtime(extract) as rt:
+        for i in range(3):
+            await rt.call(f"{SHARED}{i}")
+        stats = rt.stages[0].metrics.prefix
+        assert (stats.requests, stats.observed, stats.actual_cached_tokens) == (3, 3, 48)
