@@ -339,7 +339,8 @@ class Stage:
         raised as ``NodeError``."""
         rs = self.replicas
         try:
-            r = rs.acquire(self.route(session, ()))
+            # The session is what a router may look at (sticky); no item, so no tokens.
+            r = rs.acquire(Route(session) if rs.router_learns or len(rs.ready) > 1 else None)
         except Exception as e:
             raise self._failed(None, e) from e
         try:

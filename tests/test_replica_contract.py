@@ -254,7 +254,17 @@ async def test_a_stream_node_serves_sessions_and_fails_one_alike(
         assert [o.value for o in good] == ["A", "B"]
         assert [o.name for o in bad] == [ERROR] and "bad input" in bad[0].value.message
         assert counts(rt) == {"items": 2, "errors": 1, "late": 0, "shed": 0}
-        assert rt.stages[0].metrics.healthy
+        m = rt.stages[0].metrics
+        for _ in range(m.UNHEALTHY_AFTER):  # failing sessions beside good ones: still healthy
+            await _session(rt, ["bad"])
+            assert [o.value for o in await _session(rt, ["c"])] == ["C"]
+        assert counts(rt) == {
+            "items": 2 + m.UNHEALTHY_AFTER,
+            "errors": 1 + m.UNHEALTHY_AFTER,
+            "late": 0,
+            "shed": 0,
+        }
+        assert m.healthy
 
 
 async def test_a_lost_replica_fails_its_item_as_replica_lost_and_service_goes_on(
