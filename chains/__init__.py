@@ -39,6 +39,8 @@ from chains.messages import (
     Spoken,
     Text,
     TextDelta,
+    ToolCall,
+    ToolResult,
     Utterance,
     WordTiming,
 )
@@ -109,6 +111,8 @@ __all__ = [
     "Stream",
     "Text",
     "TextDelta",
+    "ToolCall",
+    "ToolResult",
     "Utterance",
     "WordTiming",
     "WrongResultType",

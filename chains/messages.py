@@ -9,6 +9,8 @@ of feeding them to data nodes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -142,6 +144,27 @@ class ConfirmTurn(Control, frozen=True):
     """The current speculative turn is the real one: its held outputs go out, in order."""
 
 
+class ToolCall(Control, frozen=True):
+    """A chat model called a tool (``nodes.tools``); ``id`` pairs it with its ``ToolResult``.
+    A control event: the client sees it (``tool_call``), downstream nodes do not."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+
+
+class ToolResult(Control, frozen=True):
+    """What a tool call gave: ``result`` (JSON-able), or ``error`` with its ``code``
+    (``tool_error``, ``tool_timeout``); the conversation goes on either way."""
+
+    id: str
+    name: str
+    result: Any = None
+    error: str | None = None
+    code: str = ""
+    elapsed_ms: float = 0.0
+
+
 class ErrorEvent(Message, frozen=True):
     """An item failed or was shed at ``node``; the session goes on."""
 
@@ -167,6 +190,8 @@ __all__ = [
     "Spoken",
     "Text",
     "TextDelta",
+    "ToolCall",
+    "ToolResult",
     "Utterance",
     "WordTiming",
 ]

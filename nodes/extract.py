@@ -32,8 +32,8 @@ import msgspec
 import chains
 from chains import Text
 from nodes.jsonbound import max_chars
-from nodes.llm import VLLMBase
 from nodes.llm_options import Constraint, caller, checked, make_constraint
+from nodes.vllm_base import VLLMBase
 
 
 def example_reply(c: Constraint, value: Any) -> str:

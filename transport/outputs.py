@@ -4,7 +4,9 @@ The mapping goes by output name and payload type, as the README tells the
 client: ``AudioFrame`` goes out as binary audio (resampled to the rate announced
 in ``ready``), an output named ``transcript`` as transcript events, ``Text`` and
 ``TextDelta`` as text events, ``ErrorEvent`` as ``error``, control events as
-``event``, anything else as a generic ``output`` carrying the value as JSON.
+``event`` (a chat's ``ToolCall`` / ``ToolResult`` as ``tool_call`` / ``tool_result``,
+a failed tool also as ``error`` with the tool's name as ``node``), anything else as
+a generic ``output`` carrying the value as JSON.
 
 A turn is the group of outputs caused by one input (they share its origin time).
 It ends when the chain says so (``EndOfTurn``), when a new transcript arrives after
@@ -43,6 +45,7 @@ from chains.messages import (
     Interrupt,
     Text,
     TextDelta,
+    ToolResult,
 )
 from chains.outputs import ERROR, EVENTS, TRANSCRIPT
 from transport.audio import Resampler
@@ -158,6 +161,8 @@ class OutputMapper:
             return [OutputMsg(name=EVENTS, data=_jsonable(ev))]
         data = msgspec.to_builtins(ev) if ev.__struct_fields__ else None
         msgs: list[Outgoing] = [Event(event=event_name(ev), data=data)]
+        if isinstance(ev, ToolResult) and ev.error is not None:  # a tool that failed is an error too
+            msgs.append(Error(code=ev.code or "tool_error", message=ev.error, node=ev.name))
         silence = getattr(ev, "silence_ms", None)
         if isinstance(silence, int | float):
             if self._fixed_voice is None:
