@@ -180,12 +180,16 @@ async def chains_trial(url: str, target_ms: float) -> dict[str, Any] | None:
 async def _chains_turn(ws: Any, target_ms: float) -> dict[str, Any] | None:
     player = Player()
 
+    late: list[float] = []  # when old-turn audio still arrived after the interrupt
+
     async def more() -> bool:
         msg = await ws.recv()
         if isinstance(msg, bytes):
+            if player.stopped_at is not None:
+                late.append(time.monotonic())
             player.got(len(msg) / 48.0)
             return True
-        return False
+        return isinstance(msg, str) and '"truncated"' in msg
 
     n = len(pacing.RECENT)
     if not await wait_played(player, target_ms, more):
@@ -193,9 +197,13 @@ async def _chains_turn(ws: Any, target_ms: float) -> dict[str, Any] | None:
     await ws.send(json.dumps({"type": "interrupt"}))
     truth = player.stop()
     with anyio.move_on_after(5):
-        while cut_since(n) is None:
-            await more()
-    return trial_result(player, cut_since(n), truth)
+        while not await more():  # until the `truncated` event: old audio, if any, came before it
+            pass
+    res = trial_result(player, cut_since(n), truth)
+    if res is not None:
+        assert player.stopped_at is not None
+        res["stop_client_ms"] = round(1000.0 * (late[-1] - player.stopped_at), 2) if late else 0.0
+    return res
 
 
 async def realtime_trial(port: int, target_ms: float, chain: str) -> dict[str, Any] | None:
@@ -368,7 +376,9 @@ async def run(trials: int, seed: int) -> dict[str, Any]:
             stops = list(pacing.RECENT_STOPS)[stops_from:]
             leads = [x for r in rows for x in r.pop("leads")]
             errs = [r["word_error"] for r in rows]
+            client_stops = [r["stop_client_ms"] for r in rows if "stop_client_ms" in r]
             out[name] = {
+                "stop_client_ms_p95": round(percentile(client_stops, 0.95), 2) if client_stops else None,
                 "lead_ms_p95": round(percentile(leads, 0.95), 1) if leads else None,
                 "lead_ms_max": round(max(leads), 1) if leads else None,
                 "stop_ms_p95": round(percentile(stops, 0.95), 2) if stops else None,
@@ -387,7 +397,7 @@ def plot(protocols: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     names = list(protocols)
-    ax.boxplot([protocols[n]["leads"] or [0] for n in names], labels=names)
+    ax.boxplot([protocols[n]["leads"] or [0] for n in names], tick_labels=names)
     ax.axhline(250, color="r", ls="--", lw=1, label="target p95 ≤ 250 ms")
     ax.set_ylabel("audio ahead of playback (ms)")
     ax.legend()
