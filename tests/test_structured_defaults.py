@@ -13,7 +13,7 @@ import chains
 from chains import Text
 from nodes import VLLMExtract, vllm_engine
 from nodes.jsonbound import max_chars
-from nodes.llm_options import _json_schema
+from nodes.llm_options import _json_schema, make_constraint
 
 
 class Item(msgspec.Struct):
@@ -95,3 +95,18 @@ def test_the_extractor_output_is_typed_by_its_schema() -> None:
         @chains.chain
         def bad_choice(t: Text):
             return want_text(VLLMExtract(choice=["a", "b"])(t))
+
+
+def test_the_evaluation_set_is_broad_and_its_schemas_bound_their_replies() -> None:
+    from benchmarks import structured_eval as ev
+    from nodes.extract import example_reply
+
+    assert len(ev.SCHEMAS) >= 5 and sum(len(v) for v in ev.INPUTS.values()) >= 200
+    for name, schema in ev.SCHEMAS.items():
+        assert len(set(ev.INPUTS[name])) == len(ev.INPUTS[name]), name  # no input twice
+        n, why = max_chars(_json_schema(name, schema))
+        assert n is not None, why  # a constrained reply is never cut
+        c = VLLMExtract(schema=schema)  # defines (the constraint compiles)
+        assert c is not None
+        for _, value in ev.EXAMPLES[name]:
+            example_reply(make_constraint(name, schema=schema), value)  # the examples validate
