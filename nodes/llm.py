@@ -140,6 +140,14 @@ class VLLMChat(VLLMBase):
             except chains.ChainError as e:
                 raise chains.ChainError(f"tool {t.name!r}: {e}", node=name, where=caller()) from e
 
+    @classmethod
+    def template_arguments(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``tools=`` as ``Tool``s: their repr is their signature (what chains.lock records),
+        where a function's repr is its address."""
+        if kwargs.get("tools") is None:
+            return kwargs
+        return {**kwargs, "tools": as_tools(kwargs["tools"])}
+
     def _state(self) -> dict[str, Any]:
         try:
             return chains.context().state

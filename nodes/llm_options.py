@@ -346,12 +346,16 @@ class TypedTemplate(chains.NodeTemplate):
 class CheckedNodeClass(chains.NodeClass):
     """A class node whose options are checked when its template is created (at chain
     definition), by the class's ``chains_check(*args, **kwargs)``; its optional
-    ``output_type(*args, **kwargs)`` names the output type those arguments give."""
+    ``output_type(*args, **kwargs)`` names the output type those arguments give, and
+    ``template_arguments(kwargs)`` the keyword arguments the template keeps."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> chains.NodeTemplate:
         super().__call__(*args, **kwargs)  # refuses node inputs given here
         impl = self.spec.impl
         impl.chains_check(*args, **kwargs)
+        normalise = getattr(impl, "template_arguments", None)
+        if normalise is not None:  # e.g. tools= functions as Tools (a stable repr for the lock)
+            kwargs = normalise(kwargs)
         template = TypedTemplate(self.spec, args, kwargs)
         typer = getattr(impl, "output_type", None)
         template.out_type = typer(*args, **kwargs) if typer is not None else None
