@@ -142,15 +142,19 @@ def main() -> None:
     }
     write_json(args.json, data)
     if args.plot:
-        plt = pyplot()
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        names = list(results)
-        axes[0].bar(names, [results[n]["rps"] for n in names])
-        axes[0].set_ylabel("requests/s")
-        axes[1].bar(names, [results[n]["p99_ms"] for n in names], color="tab:orange")
-        axes[1].set_ylabel("p99 latency (ms)")
-        fig.suptitle(f"HTTP at {CONNECTIONS} connections (wrk)")
-        save_figure(fig, args.plot)
+        plot(results, args.plot)
+
+
+def plot(results: dict[str, dict[str, float]], path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = list(results)
+    axes[0].bar(names, [results[n]["rps"] for n in names])
+    axes[0].set_ylabel("requests/s")
+    axes[1].bar(names, [results[n]["p99_ms"] for n in names], color="tab:orange")
+    axes[1].set_ylabel("p99 latency (ms)")
+    fig.suptitle(f"HTTP at {CONNECTIONS} connections (wrk)")
+    save_figure(fig, path)
 
 
 def argparse_hidden() -> str:
