@@ -22,6 +22,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check chains runtime transport nodes demos tests benchmarks examples docs
+	$(BIN)/mypy runtime transport/remote
 	$(BIN)/pytest -q -p no:cacheprovider
 
 docs: setup
