@@ -180,6 +180,13 @@ def _key(args: dict[str, Any]) -> str:
 
 
 def _build(entry: SharedEngine) -> None:
+    # vLLM's output (its import, its config checks, its engine processes) goes to the
+    # run log as under `chains run`, not over the user's terminal (chains/enginelogs.py)
+    with engine_output_to_log("vllm"):
+        _start_engine(entry)
+
+
+def _start_engine(entry: SharedEngine) -> None:
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -196,10 +203,9 @@ def _build(entry: SharedEngine) -> None:
         config = ea.create_engine_config()
     except Exception as e:
         raise (option_error(e, args) or e) from e
-    with engine_output_to_log("vllm"):  # its processes' output to the run log (chains/enginelogs.py)
-        entry.engine = AsyncLLM.from_vllm_config(
-            config, enable_log_requests=ea.enable_log_requests, disable_log_stats=ea.disable_log_stats
-        )
+    entry.engine = AsyncLLM.from_vllm_config(
+        config, enable_log_requests=ea.enable_log_requests, disable_log_stats=ea.disable_log_stats
+    )
 
 
 async def acquire(args: dict[str, Any]) -> SharedEngine:
