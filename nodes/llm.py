@@ -54,7 +54,7 @@ from chains import history as history_of_heard
 from chains.messages import ToolCall, ToolResult
 from nodes.chat_session import ChatSession, without_first_turn
 from nodes.llm_options import caller, checked, make_constraint
-from nodes.tools import TOOL_CHOICES, ToolChoice, as_tools, example_turns, say_json, tools_prompt
+from nodes.tools import TOOL_CHOICES, ToolChoice, as_tools, example_turns, tools_prompt
 from nodes.toolturn import Turn, run_turn
 from nodes.vllm_base import VLLMBase
 from nodes.vllm_engine import pick_dtype
@@ -154,13 +154,11 @@ class VLLMChat(VLLMBase):
         except RuntimeError:  # called directly, outside a runtime: a fresh conversation
             return {}
 
-    def view(self, m: dict[str, Any]) -> dict[str, str]:
-        """A history message as the model reads it (a tool-using model's past replies in
-        its JSON turn format)."""
-        content = str(m.get("content", ""))
-        if self.tools and m.get("role") == "assistant" and "tool_call" not in m:
-            content = say_json(content)
-        return {"role": str(m["role"]), "content": content}
+    @staticmethod
+    def view(m: dict[str, Any]) -> dict[str, str]:
+        """A history message as the model reads it: its role and words (a spoken reply in
+        plain words, as the model writes a reply's last round; a call as it wrote it)."""
+        return {"role": str(m["role"]), "content": str(m.get("content", ""))}
 
     def render(self, turns: list[dict[str, Any]], user: str, pending: Sequence[dict[str, Any]] = ()) -> str:
         system = history_of_heard.system_prompt(self.system)  # a client's own instructions win
@@ -282,8 +280,10 @@ class _SessionRounds:
     def __init__(self, chat: VLLMChat, session: ChatSession, user: str):
         self.chat, self.session, self.user = chat, session, user
 
-    def round(self, pending: list[dict[str, Any]], schema: dict[str, Any]) -> AsyncIterator[str]:
-        return self.chat._generate(self.session, self.user, pending, {"json": schema})
+    def round(self, pending: list[dict[str, Any]], schema: dict[str, Any] | None) -> AsyncIterator[str]:
+        return self.chat._generate(
+            self.session, self.user, pending, None if schema is None else {"json": schema}
+        )
 
 
 VLLMChat = checked(VLLMChat)

@@ -19,7 +19,8 @@ tool with arguments that validate; which one, and which words, is still the mode
 The keys are in that order and the engine writes compact JSON, so a reply that
 speaks starts with the literal ``{"say":"`` and its words can be streamed while they
 are generated (``SayStream``). ``tool_choice="required"`` allows only calls in a turn's
-first round; the last allowed round only ``say``.
+first round; a round where only words are left (the last, or every tool called) is
+plain text (``nodes.toolturn``).
 
 A call runs like a node call (``run_tool``): a timeout (the tool's budget), its
 exceptions turned into an error result the model and the client see (the session
@@ -225,7 +226,7 @@ def tools_prompt(system: str, tools: Sequence[Tool]) -> str:
     return (
         f"{system}\n\nTools you can call:\n{lines}\n"
         f'Reply in JSON: {{"say":"..."}} to speak to the user, or {example} to call a tool. '
-        "After a tool result, tell the user the answer."
+        "After a tool result, tell the user the answer in words."
     )
 
 
@@ -254,11 +255,6 @@ def decode_turn(text: str, tools: Sequence[Tool]) -> Say | Call:
         return Call(t, msgspec.convert(obj.get("args", {}), t.args_type))
     except msgspec.ValidationError as e:
         raise ValueError(f"arguments of {t.name}: {e}") from e
-
-
-def say_json(text: str) -> str:
-    """A spoken reply in the turn format (how the model sees its past replies)."""
-    return msgspec.json.encode({"say": text}).decode()
 
 
 class SayStream:

@@ -5,12 +5,16 @@ Why apart from the engine: the loop is the same whatever generates the rounds, s
 fake with controlled timing (tests/test_tools.py).
 
 Each round the model's reply is constrained (``nodes.tools.turn_schema``): in the first
-round of a ``"required"`` turn only a call; in the last round (``max_rounds``) only a
-reply; otherwise either. A reply's words stream out as ``TextDelta``s while they are
-generated; a call yields ``ToolCall``, runs (``nodes.tools.run_tool``: timeout, errors
-as results, cancelled with the turn), yields ``ToolResult``, and its result goes into
-the next round's prompt. ``Turn.messages`` holds what the turn has added so far (calls,
-results, the reply said up to now), for the history, also when the turn is cut.
+round of a ``"required"`` turn only a call; otherwise a reply or a call; in the last
+round (``max_rounds``), or when every tool has been called, the reply is plain text,
+unconstrained (measured on SmolLM2-135M: asked for the reply inside ``{"say": ...}``
+after a tool result, it wrote "showdeshiped, eastered, eastered" where in plain
+words it answered from the result; see BENCHMARKS.md). A reply's words stream out as
+``TextDelta``s while they are generated; a call yields ``ToolCall``, runs
+(``nodes.tools.run_tool``: timeout, errors as results, cancelled with the turn),
+yields ``ToolResult``, and its result goes into the next round's prompt.
+``Turn.messages`` holds what the turn has added so far (calls, results, the reply
+said up to now), for the history, also when the turn is cut.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ _ids = itertools.count(1)
 
 
 class RoundModel(Protocol):
-    def round(self, pending: list[dict[str, Any]], schema: dict[str, Any]) -> AsyncIterator[str]:
+    def round(self, pending: list[dict[str, Any]], schema: dict[str, Any] | None) -> AsyncIterator[str]:
         """Generate one round's reply text (streamed deltas) to the conversation so far
-        plus ``pending`` (this turn's messages after the user's), constrained to ``schema``."""
+        plus ``pending`` (this turn's messages after the user's), constrained to ``schema``
+        (None: free text)."""
         ...
 
 
@@ -51,13 +56,15 @@ class Turn:
         return [*self.messages, *reply]
 
 
-def round_schema(tools: Sequence[Tool], choice: ToolChoice, k: int, max_rounds: int) -> dict[str, Any]:
+def round_schema(tools: Sequence[Tool], choice: ToolChoice, k: int, max_rounds: int) -> dict[str, Any] | None:
     """Round ``k``'s constraint over the tools it may still call: only a call in the
-    first round of a "required" turn, only a reply in the last round or when no tool
-    is left."""
+    first round of a "required" turn; either a reply or a call; or, in the last round
+    or when no tool is left, None: the reply in plain words, unconstrained."""
     last = k == max_rounds - 1
     call = bool(tools) and choice != "none" and not last
-    say = not call or not (choice == "required" and k == 0)
+    if not call:
+        return None
+    say = not (choice == "required" and k == 0)
     return turn_schema(tools, say=say, call=call)
 
 
@@ -73,6 +80,11 @@ async def run_turn(
     left = list(tools)  # a tool is called at most once a turn: a small model repeats calls
     for k in range(max_rounds):
         schema = round_schema(left, choice, k, max_rounds)
+        if schema is None:  # only words are left to say: plain text, as the model chats
+            async for delta in model.round(turn.messages, None):
+                turn.reply += delta
+                yield TextDelta(text=delta)
+            break
         stream = SayStream()
         async for delta in model.round(turn.messages, schema):
             words = stream.feed(delta)

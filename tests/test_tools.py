@@ -176,7 +176,7 @@ def test_the_words_of_a_reply_stream_out_with_escapes_decoded(chunk: int) -> Non
 
 # --- turns on the scripted engine -----------------------------------------------------------
 async def test_a_tool_call_runs_its_result_goes_back_and_the_model_answers() -> None:
-    script = Script([call("lookup_order", order_id="4512"), say("It ships Friday.")])
+    script = Script([call("lookup_order", order_id="4512"), "It ships Friday."])
     async with chains.Runtime(chain_of(script, [lookup_order])) as rt, rt.session() as sess:
         await sess.send(Text(text="Where is order 4512?"))
         sess.close_inputs()
@@ -196,13 +196,14 @@ async def test_a_tool_call_runs_its_result_goes_back_and_the_model_answers() -> 
     pending, schema = script.asked[1]
     assert [m["role"] for m in pending] == ["assistant", "tool"]
     assert pending[1]["content"] == "status: shipped, arrives: Friday"
-    assert schema is not None and schema["properties"] == {"say": {"type": "string"}}
+    assert schema is None  # words only: plain text, unconstrained
+    assert script.asked[0][1] is not None and len(script.asked[0][1]["anyOf"]) == 2  # say or call
     chat = script.chats[0]
     assert chat.tool_calls == 1 and chat.tool_errors == 0
 
 
 async def test_history_keeps_the_calls_their_results_and_the_words_said() -> None:
-    script = Script([call("lookup_order", order_id="4512"), say("Friday."), say("Bye.")])
+    script = Script([call("lookup_order", order_id="4512"), "Friday.", say("Bye.")])
     async with chains.Runtime(chain_of(script, [lookup_order])) as rt, rt.session() as sess:
         await sess.send(Text(text="Where is 4512?"))
         await wait_until(lambda: len(script.asked) == 2)
@@ -218,8 +219,8 @@ async def test_history_keeps_the_calls_their_results_and_the_words_said() -> Non
         ("user", "Thanks"),
         ("assistant", "Bye."),
     ]
-    # the model reads its past replies in its turn format
-    assert script.chats[0].view(history[3]) == {"role": "assistant", "content": say("Friday.")}
+    # the model reads its past replies in plain words
+    assert script.chats[0].view(history[3]) == {"role": "assistant", "content": "Friday."}
 
 
 async def test_required_means_a_call_first_and_the_last_round_only_speaks() -> None:
@@ -227,7 +228,7 @@ async def test_required_means_a_call_first_and_the_last_round_only_speaks() -> N
         """Double it."""
         return 2 * x
 
-    script = Script([call("other", x=2), call("lookup_order", order_id="1"), say("Done.")])
+    script = Script([call("other", x=2), call("lookup_order", order_id="1"), "Done."])
     agent = chain_of(script, [lookup_order, other], "required", rounds=2)
     async with chains.Runtime(agent) as rt, rt.session() as sess:
         await sess.send(Text(text="go"))
@@ -239,7 +240,7 @@ async def test_required_means_a_call_first_and_the_last_round_only_speaks() -> N
         None,
         {"const": "lookup_order"},  # "other" was called: not offered again
     ]
-    assert last is not None and last["properties"] == {"say": {"type": "string"}}
+    assert last is None  # the last round: words only, plain
     assert [o.value.name for o in outs if isinstance(o.value, ToolCall)] == ["other", "lookup_order"]
     assert reply_text(outs) == "Done."
 
@@ -249,7 +250,7 @@ async def test_a_raising_tool_is_an_error_event_and_the_session_goes_on() -> Non
         """Always fails."""
         raise RuntimeError("database down")
 
-    script = Script([call("broken", order_id="1"), say("Sorry, try later."), say("Hello.")])
+    script = Script([call("broken", order_id="1"), "Sorry, try later.", say("Hello.")])
     async with chains.Runtime(chain_of(script, [broken])) as rt, rt.session() as sess:
         await sess.send(Text(text="Where is 1?"))
         await wait_until(lambda: len(script.asked) == 2)
@@ -281,7 +282,7 @@ async def test_a_tool_past_its_timeout_is_cut_and_reported() -> None:
         finished.append(order_id)
         return "late"
 
-    script = Script([call("slow", order_id="1"), say("Sorry.")])
+    script = Script([call("slow", order_id="1"), "Sorry."])
     agent = chain_of(script, [tool(slow, timeout_ms=20)])
     async with chains.Runtime(agent) as rt, rt.session() as sess:
         await sess.send(Text(text="?"))
