@@ -23,6 +23,7 @@ from chains.messages import Heard
 
 HEARD_KEY = "chains.heard"
 INSTRUCTIONS_KEY = "chains.instructions"  # a session's own system prompt (a Realtime client's)
+ADDED_KEY = "chains.added"  # messages a client added to the conversation, for the next turn
 KEEP = 16  # Heard messages a session keeps (one per interrupted turn; old ones are spent)
 EPOCH = "epoch"  # the key of a history entry's turn epoch
 INTERRUPTED = "interrupted"  # set on a reply cut to what was heard
@@ -61,7 +62,17 @@ def begin_turn(history: list[dict[str, Any]]) -> int | None:
     """A chat node's first step of a call: cut the replies the user interrupted to what
     they heard, and give the epoch to tag this call's reply with (``reply_tag``)."""
     cut_history(history)
+    ctx = current_context()
+    added = ctx.meta.pop(ADDED_KEY, None) if ctx is not None else None
+    if added:  # what a client put in the conversation since (a Realtime `conversation.item.create`)
+        history += [{"role": str(m["role"]), "content": str(m["content"])} for m in added]
     return current_epoch()
+
+
+def add_message(meta: dict[str, Any], role: str, content: str) -> None:
+    """The transport's side: a message the client added to the conversation; a chat
+    node puts it in its history at its next turn (``begin_turn``)."""
+    meta.setdefault(ADDED_KEY, []).append({"role": role, "content": content})
 
 
 def system_prompt(default: str) -> str:
@@ -110,10 +121,12 @@ def cut_history(history: list[dict[str, Any]], messages: list[Heard] | None = No
 
 
 __all__ = [
+    "ADDED_KEY",
     "HEARD_KEY",
     "INSTRUCTIONS_KEY",
     "INTERRUPTED",
     "MARK",
+    "add_message",
     "begin_turn",
     "current_epoch",
     "cut_history",

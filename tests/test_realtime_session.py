@@ -224,6 +224,25 @@ async def test_manual_turns_commit_then_response_create() -> None:
     assert done["response"]["output"][0]["content"][0]["transcript"] == "Madrid."
 
 
+async def test_a_created_text_item_is_context_for_the_next_spoken_turn() -> None:
+    PROMPTS.clear()
+    async with realtime() as ws:
+        await ws.put(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "I am Zed."}],
+                },
+            }
+        )
+        await ws.until("conversation.item.done")
+        await say(ws, 5)
+        await ws.until("response.done")
+    assert PROMPTS[-1].splitlines() == ["system: Be brief.", "user: I am Zed.", "user: Tell me more."]
+
+
 async def test_items_create_retrieve_delete() -> None:
     async with realtime() as ws:
         await ws.put(

@@ -10,6 +10,11 @@ appended audio, and its knobs are handed to the session's nodes (``meta["turn_de
 With ``turn_detection: null`` the audio is held here until ``commit`` (a user item),
 and ``response.create`` feeds the committed audio to the chain, followed by enough
 silence for its VAD to close the turn.
+
+Items: a text message the client creates goes into the chat node's history at the
+chain's next turn (``chains.history.add_message``), a system message into the
+session's instructions; the chain answers speech, so ``response.create`` without
+committed audio is an ``error`` (``no_input``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import anyio
 import msgspec
 
+from chains.history import add_message
 from chains.messages import AudioFrame, Heard
 from transport.peer import Gone
 from transport.realtime import events as ev
@@ -208,6 +214,8 @@ class ClientSide:
             await s.error("item_exists", f"an item with id {item.id!r} exists", e.event_id, "item.id")
             return
         new.text = " ".join(p.text or p.transcript or "" for p in item.content).strip()
+        if item.role != "system" and new.text:
+            add_message(s.sess.meta, item.role, new.text)  # context for the chain's next turn
         prev = s.conv.add(new)
         await s.emit("conversation.item.added", item=new.json(), previous_item_id=prev)
         await s.emit("conversation.item.done", item=new.json(), previous_item_id=prev)
