@@ -54,4 +54,48 @@ def plot(out: dict[str, Any], path: Path) -> None:
         save_figure(fig, Path(f"{stem}_density.png"))
 
 
-__all__ = ["plot"]
+__all__ = ["plot", "tables"]
+
+
+def tables(out: dict[str, Any]) -> str:
+    """The figures as markdown tables (for BENCHMARKS.md): density per level, soak per wave."""
+    lines: list[str] = []
+    dens = out.get("density")
+    if dens:
+        lines += [
+            "| live (target) | TTFA p50 / p95 ms | probe ms (idle) | server cores | callers' cores "
+            "| CPU ms per session·s | RSS KiB per session | pass |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in dens["levels"]:
+            t = r["ttfa_ms"]
+            lines.append(
+                f"| {r['live']} ({r['level']}) | {t['p50']} / {t['p95']} "
+                f"| {r['probe_ms']} ({r['idle_probe_ms']}) "
+                f"| {r['server_cores']} | {r.get('caller_cores', '')} | {r['cpu_ms_per_session_s']} "
+                f"| {r['rss_kib_per_session']} | {'yes' if r['pass'] else 'no'} |"
+            )
+        lines.append("")
+    soak = out.get("soak")
+    if soak:
+        lines += [
+            "| wave | sessions (faulted) | TTFA p50 / p95 / p99 ms | lost | errors | RSS MiB | gates |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for w in soak["waves"]:
+            t = w["ttfa_ms"]
+            gates = "pass" if w["gates_passed"] else "FAIL: " + ", ".join(w["gates_failed"])
+            if w["wave"] == 1:
+                gates = "baseline"
+            lines.append(
+                f"| {w['wave']} | {w['sessions']} ({w['faulted']}) | {t['p50']} / {t['p95']} / {t['p99']} "
+                f"| {w['lost']} | {w['errors']} | {w['snapshot']['rss_kib'] / 1024:.1f} | {gates} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m benchmarks.soakplot DETAILS.json
+    import json
+    import sys
+
+    print(tables(json.loads(Path(sys.argv[1]).read_text())))
