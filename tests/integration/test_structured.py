@@ -295,6 +295,56 @@ def test_callrouter_routes_each_sample_call(router, loop, intent: str) -> None:
     assert len(words(heard) & words(reply)) >= 0.6 * len(words(reply)), (reply, heard)
 
 
+# --- inputs nobody tuned for (issue 19) ------------------------------------------------------
+class Order(chains.Message, frozen=True):
+    item: str
+    quantity: int
+
+
+ORDER_LINES = [
+    "one coffee",
+    "a dozen eggs",
+    "two large lemonades",
+    "three bagels please",
+    "I'd like five apples",
+    "could I get a pizza",
+    "ten pencils",
+    "four cups of tea",
+    "six cans of soda",
+    "a sandwich and that's it",
+]
+
+
+def extract_all(loop, template: Any, lines: list[str]) -> list[Any]:
+    """Each line through a fresh extractor on the module's engine (errors returned)."""
+    node = template.instantiate()
+    loop.run_until_complete(node.setup())
+    try:
+
+        async def go() -> list[Any]:
+            return await asyncio.gather(*(node(Text(text=x)) for x in lines), return_exceptions=True)
+
+        return loop.run_until_complete(go())
+    finally:
+        loop.run_until_complete(node.close())
+
+
+def test_ten_short_order_lines_all_decode_into_an_order(nodes, loop) -> None:
+    """The new user's first try: a bare schema (no max_length), a one-line system prompt.
+    Before compact JSON was the default, 4 of these 10 ran whitespace to max_tokens."""
+    got = extract_all(loop, VLLMExtract(schema=Order, system="Extract the order."), ORDER_LINES)
+    assert all(isinstance(o, Order) for o in got), got
+
+
+def test_a_sample_of_the_zero_shot_set_decodes_into_every_schema(nodes, loop) -> None:
+    from benchmarks import structured_eval as ev
+
+    for name, schema in ev.SCHEMAS.items():
+        lines = ev.INPUTS[name][::10]  # 4 a schema
+        got = extract_all(loop, VLLMExtract(system=ev.SYSTEMS[name], schema=schema), lines)
+        assert all(isinstance(o, schema) for o in got), (name, got)
+
+
 # --- last: it kills the module's engine ------------------------------------------------------
 def test_a_dead_engine_is_replica_lost(nodes, loop, router) -> None:
     ticket = nodes["ticket"]
