@@ -1,41 +1,44 @@
-"""Voice-to-voice latency of the real voice chain, with and without each turn-taking
-technique, at N = 1 and 4 concurrent sessions.
+"""Voice-to-voice latency and turn-taking accuracy of the real voice chain, per
+turn-taking configuration, at N = 1 and 4 concurrent sessions.
 
-Each session streams a wav in 20 ms frames at real-time pace (then 1.2 s of
+Each session streams one caller turn in 20 ms frames at real-time pace (then 2 s of
 silence) into one shared runtime of demos/voice.py's chain (in-process: VAD ->
-Whisper -> vLLM -> speech chunks -> Piper on the offline models). The techniques
+Whisper -> vLLM -> speech chunks -> Piper on the offline models). The configurations
 are switched between runs on the same loaded models, so every figure of one run
 comes from the same machine state:
 
 - ``baseline``: no speculation, no interim transcripts, fixed 500 ms end of turn,
   the first TTS chunk a whole sentence (the chain as it was);
-- ``clause``: + the reply's first clause spoken on its own;
-- ``speculative``: + speculative end of turn at 160 ms of silence (confirmed at the
-  same 500 ms);
-- ``spec+clause``: both;
-- ``all``: + interim transcripts every 600 ms of speech and the adaptive end of
-  turn (300-1000 ms).
+- ``spec+clause``: speculative end of turn at 160 ms of silence (confirmed at 500 ms)
+  and the reply's first clause spoken on its own;
+- ``adaptive``: + interim transcripts every 600 ms of speech and the words-based
+  adaptive end of turn (300-1000 ms): the demo's rule before the end-of-turn model;
+- ``default``: what demos/voice.py ships (``TURN_TAKING``): + Smart Turn v3.2 at the
+  first silence and preemptive generation from interim transcripts.
 
-Per session, as the client sees it: the end of the user's speech (from the wav),
-the end of turn (the VAD's decision, or the confirmation of the speculative turn),
-the final transcript, the first reply token, the first reply audio. Reported per
-run, p50/p95: ``v2v`` (speech end -> first reply audio) and the breakdown. Two
-wavs: ``question`` (demos/assets/question.wav, "What is the capital of France?")
-and ``pause`` (Piper saying "What is the capital of", 300 ms of silence, then
-"France?"): with speculation its first pause starts a speculative turn that the
-rest of the question must abandon; ``abandoned_replies_sent`` counts reply outputs
-of abandoned turns that reached the client (must be 0) and ``transcripts`` shows
-what was answered. And ``mixed`` for N=4: session i asks its own question
-(question.wav, then three in Piper's voice), since four callers do not say the
-same thing; four identical clips are a case of their own for Whisper (see
-nodes/whisper.py), which ``4:spec+clause:question`` measures.
+The turns: question.wav ("What is the capital of France?") and the turn-taking set
+(benchmarks/turnset.py: Piper in four voice variants; complete turns and incomplete
+ones with a 400-1200 ms mid-sentence pause). Per run, as the client sees it:
+
+- ``v2v_p50_ms``/``v2v_p95_ms``: the caller's last speech end -> the first reply
+  audio, over the complete turns;
+- ``false_cutoff_rate``: of the incomplete turns, the share whose turn was ended (a
+  confirmed speculative turn, or an end-of-turn decision) before the caller's last
+  word: the bot answers half a question (``false_cutoff_audible``: its reply audio
+  even arrived before the caller finished); ``false_cutoff_rate_complete`` the same
+  on complete turns (a pause inside "No, thank you.");
+- ``late_release_p50_ms``/``p95``: on complete turns, the silence waited beyond
+  200 ms before the turn was released;
+- ``abandoned_replies_sent``: outputs of abandoned (speculative) turns that reached
+  the client (must be 0); ``preempt_hits``/``preempt_misses``: replies started from
+  an interim transcript that the final transcript confirmed / contradicted.
 
 ``VOICE_BENCH_VLLM_QUIET_MS=20`` shortens vLLM's 1 s busy wait to 20 ms in its
 engine and worker (nodes/spin.py), an experiment: at 0 ms generation stalled for
 seconds (lost wake-ups), so it is not on by default.
 
     python benchmarks/voice.py [--json out/voice.json] [--plot out/voice.png] [--quick]
-    python benchmarks/voice.py --only 4:all:question,1:baseline:pause   # N:config:wav
+    python benchmarks/voice.py --only 1:default,4:baseline   # N:config
 """
 
 from __future__ import annotations
@@ -62,30 +65,36 @@ if os.environ.get("VOICE_BENCH_VLLM_QUIET_MS"):  # an experiment: see nodes/spin
 
 import chains  # noqa: E402
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402
+from benchmarks.turnset import Turn, build  # noqa: E402
 from chains import AudioFrame, ConfirmTurn, Interrupt, SpeculativeTurn, Stream, Text, TextDelta  # noqa: E402
+from demos.voice import TURN_TAKING  # noqa: E402
 from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT  # noqa: E402
 from nodes.audio import float_to_pcm  # noqa: E402
 from nodes.sentences import chunk_reply  # noqa: E402
-from nodes.turn import ABANDONED, TurnTiming, transcripts  # noqa: E402
+from nodes.turn import ABANDONED, Preempted, TurnTaking, TurnTiming, transcripts  # noqa: E402
 
 QUESTION = ROOT / "demos" / "assets" / "question.wav"
 RATE = 16000
-TAIL_S = 1.2  # silence streamed after the wav: room for the longest end of turn
+WINDOW = 512
+TAIL_S = 2.0  # silence streamed after the turn: room for the longest end of turn (1.6 s)
 
+_OFF = {"speculative": False, "interim_ms": 0, "adaptive": False, "min_silence_ms": 500, "marks": True}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "baseline": {"speculative": False, "clause": False, "interim": 0, "adaptive": False},
-    "clause": {"speculative": False, "clause": True, "interim": 0, "adaptive": False},
-    "speculative": {"speculative": True, "clause": False, "interim": 0, "adaptive": False},
-    "spec+clause": {"speculative": True, "clause": True, "interim": 0, "adaptive": False},
-    "all": {"speculative": True, "clause": True, "interim": 600, "adaptive": True},
-    # the same, and an idle Whisper stage waits up to 40 ms for turns that end together
-    "spec+clause+sttwait": {
-        "speculative": True,
+    "baseline": {"clause": False, "turn": _OFF},
+    "spec+clause": {"clause": True, "turn": {**_OFF, "speculative": True, "first_silence_ms": 160}},
+    "adaptive": {
         "clause": True,
-        "interim": 0,
-        "adaptive": False,
-        "stt_wait_ms": 40,
+        "turn": {
+            **_OFF,
+            "speculative": True,
+            "first_silence_ms": 160,
+            "interim_ms": 600,
+            "adaptive": True,
+            "eot_min_ms": 300,
+            "eot_max_ms": 1000,
+        },
     },
+    "default": {"clause": True, "turn": dict(TURN_TAKING)},
 }
 FLAGS = {"clause": False}  # read by the chunker node of each session
 
@@ -99,9 +108,8 @@ async def chunks(deltas: Stream[TextDelta]) -> AsyncIterator[Text]:
 
 @chains.chain(budget_ms=8000)
 def voice_probe(audio: Stream[AudioFrame]):
-    """demos/voice.py's chain, its techniques switchable between runs."""
-    vad = SileroVAD(speculative=True, first_silence_ms=160, min_silence_ms=500, marks=True)
-    heard = WhisperSTT(model="tiny.en")(vad(audio))
+    """demos/voice.py's chain, its turn taking switchable between runs."""
+    heard = WhisperSTT(model="tiny.en")(SileroVAD(**TURN_TAKING)(audio))
     reply = VLLMChat(system="You are a helpful voice assistant. Answer in one or two short sentences.")(
         transcripts(heard)
     )
@@ -110,20 +118,28 @@ def voice_probe(audio: Stream[AudioFrame]):
 
 def instance(rt: Any, cls: str) -> Any:
     (inst,) = {
-        id(i): i for st in rt.stages for i in st.replicas.instances if type(i).__name__ == cls
+        id(i): i
+        for st in rt.stages
+        for i in (
+            getattr(r, "_instance", r) for r in st.replicas.instances
+        )  # (unwrapped from its result check)
+        if type(i).__name__ == cls
     }.values()
     return inst
 
 
 def configure(rt: Any, cfg: dict[str, Any]) -> None:
-    tt = instance(rt, "SileroVAD").turning
-    tt.speculative = cfg["speculative"]
-    tt.interim = int(cfg["interim"] * RATE / 1000)
-    tt.adaptive = cfg["adaptive"]
+    """A fresh turn-taking machine with the run's options on the VAD (the sessions of
+    the run start after this), sharing the loaded end-of-turn model."""
+    vad = instance(rt, "SileroVAD")
+    opts = {k: v for k, v in cfg["turn"].items() if k != "turn_model"}
+    model = vad.smart_turn.probability if cfg["turn"].get("turn_model") else None
+    vad.turning = TurnTaking(**opts, turn_model=model, rate=RATE, window=WINDOW)
     FLAGS["clause"] = cfg["clause"]
-    for st in rt.stages:  # Batch(idle_wait_ms=) of the Whisper stage, per run
-        if st.batcher is not None and type(st.replicas.instances[0]).__name__ == "WhisperSTT":
-            st.batcher.idle_wait_s = cfg.get("stt_wait_ms", 0) / 1000.0
+
+
+def f0(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:.0f}"
 
 
 def speech_end_s(x: np.ndarray) -> float:
@@ -131,35 +147,11 @@ def speech_end_s(x: np.ndarray) -> float:
     return (loud[-1] + 1) / RATE
 
 
-def load_question() -> np.ndarray:
+def load_question() -> Turn:
     with wave.open(str(QUESTION), "rb") as w:
         assert w.getframerate() == RATE
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
-
-
-def pause_question(rt: Any) -> np.ndarray:
-    """Piper (the chain's own instance) saying the question with a 300 ms pause."""
-    tts = instance(rt, "PiperTTS")
-    a, b = tts.synthesize("What is the capital of", RATE), tts.synthesize("France?", RATE)
-
-    def trim(x: np.ndarray) -> np.ndarray:
-        loud = np.nonzero(np.abs(x) > 0.02)[0]
-        return x[loud[0] : loud[-1] + 1]
-
-    z = np.zeros
-    return np.concatenate([z(int(0.25 * RATE)), trim(a), z(int(0.3 * RATE)), trim(b), z(RATE)]).astype(
-        np.float32
-    )
-
-
-OTHER_QUESTIONS = ["How many legs does a spider have?", "Who wrote Romeo and Juliet?", "Is the sun a star?"]
-
-
-def other_questions(rt: Any) -> list[np.ndarray]:
-    """Three more questions in Piper's voice, for sessions that each ask their own."""
-    tts = instance(rt, "PiperTTS")
-    z = np.zeros
-    return [np.concatenate([z(int(0.25 * RATE)), tts.synthesize(q, RATE), z(RATE)]) for q in OTHER_QUESTIONS]
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    return Turn("complete", "What is the capital of France?", "question.wav", x, speech_end_s(x))
 
 
 def frames_of(x: np.ndarray) -> list[bytes]:
@@ -168,14 +160,15 @@ def frames_of(x: np.ndarray) -> list[bytes]:
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
 
-async def one_session(rt: Any, frames: list[bytes], speech_end: float) -> dict[str, Any]:
-    marks: dict[str, Any] = {"interim": 0, "abandoned_sent": 0}
+async def one_session(rt: Any, turn: Turn) -> dict[str, Any]:
+    frames = frames_of(turn.audio)
+    marks: dict[str, Any] = {"kind": turn.kind, "interim": 0, "abandoned_sent": 0, "hits": 0, "misses": 0}
     abandoned: set[int] = set()
     async with rt.session() as s:
 
         async def feed() -> None:
             t0 = time.monotonic()
-            marks["speech_end"] = t0 + speech_end
+            marks["speech_end"] = t0 + turn.speech_end_s
             for i, f in enumerate(frames):
                 await anyio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
                 await s.send(AudioFrame(pcm=f, sample_rate=RATE))
@@ -188,18 +181,19 @@ async def one_session(rt: Any, frames: list[bytes], speech_end: float) -> dict[s
                 v = out.value
                 if out.name == "events":
                     if isinstance(v, ConfirmTurn) or (isinstance(v, TurnTiming) and v.end_of_turn):
-                        marks["eot"] = now
+                        marks.setdefault("eot", now)
                     elif isinstance(v, Interrupt) and v.reason == ABANDONED:
                         abandoned.add(out.epoch - 1)  # the event carries the new turn's epoch
                     elif isinstance(v, SpeculativeTurn):
                         marks["speculated"] = marks.get("speculated", 0) + 1
+                    elif isinstance(v, Preempted):
+                        marks["hits" if v.hit else "misses"] += 1
                     continue
                 if out.epoch in abandoned and out.name in ("reply", "audio", "transcript"):
                     marks["abandoned_sent"] += 1
                 if out.name == "transcript":
                     if isinstance(v, TextDelta) and not v.final:
                         marks["interim"] += 1
-                        marks.setdefault("first_interim", now)
                     else:
                         marks.setdefault("transcript", now)
                         marks["text"] = v.text
@@ -212,51 +206,63 @@ async def one_session(rt: Any, frames: list[bytes], speech_end: float) -> dict[s
 
 
 def summarise(sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    def span(b: str) -> list[float]:
-        return [1000 * (r[b] - r["speech_end"]) for r in sessions if b in r]
+    complete = [r for r in sessions if r["kind"] == "complete"]
+    incomplete = [r for r in sessions if r["kind"] == "incomplete"]
 
-    v2v = span("audio")
+    def span(rows: list[dict[str, Any]], b: str) -> list[float]:
+        return [1000 * (r[b] - r["speech_end"]) for r in rows if b in r]
+
+    def cut(rows: list[dict[str, Any]], b: str = "eot") -> float | None:
+        # ended (or audible) before the caller's last word (20 ms for frame pacing)
+        return sum(b in r and r[b] < r["speech_end"] - 0.02 for r in rows) / len(rows) if rows else None
+
+    v2v = span(complete, "audio")
+    late = [max(0.0, x - 200) for x in span(complete, "eot")]
     out: dict[str, Any] = {
         "v2v_p50_ms": percentile(v2v, 0.5),
         "v2v_p95_ms": percentile(v2v, 0.95),
+        "false_cutoff_rate": cut(incomplete),
+        "false_cutoff_audible": cut(incomplete, "audio"),
+        "false_cutoff_rate_complete": cut(complete),
+        "late_release_p50_ms": percentile(late, 0.5),
+        "late_release_p95_ms": percentile(late, 0.95),
         "sessions": len(sessions),
-        "answered": len(v2v),
+        "complete_turns": len(complete),
+        "incomplete_turns": len(incomplete),
+        "answered": sum("audio" in r for r in sessions),
         "abandoned_replies_sent": sum(r["abandoned_sent"] for r in sessions),
+        "preempt_hits": sum(r["hits"] for r in sessions),
+        "preempt_misses": sum(r["misses"] for r in sessions),
         "interim_transcripts_per_session": float(np.mean([r["interim"] for r in sessions])),
         "speculative_turns_per_session": float(np.mean([r.get("speculated", 0) for r in sessions])),
         "transcripts": sorted({str(r.get("text", "")) for r in sessions}),
-        "replies": sorted({str(r.get("reply", ""))[:80] for r in sessions}),
     }
     for k in ("eot", "transcript", "token", "audio"):
-        vals = span(k)
-        out[f"{k}_p50_ms"] = percentile(vals, 0.5)
+        out[f"{k}_p50_ms"] = percentile(span(complete, k), 0.5)
     return out
 
 
-async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dict[str, Any]]:
+async def main_async(plan: list[tuple[int, str]], turns: list[Turn], rounds4: int) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     t = time.monotonic()
     async with chains.Runtime(voice_probe, register_metrics=False) as rt:
         print(f"models loaded in {time.monotonic() - t:.1f} s", flush=True)
-        wavs = {"question": load_question(), "pause": pause_question(rt)}
-        prepared = {k: (frames_of(x), speech_end_s(x)) for k, x in wavs.items()}
-        # "mixed": session i asks question i (question.wav, then three others)
-        mixed = [prepared["question"]] + [(frames_of(x), speech_end_s(x)) for x in other_questions(rt)]
         configure(rt, CONFIGS["baseline"])
-        await one_session(rt, *prepared["question"])  # warm-up (first vLLM step compiles)
-        for n, name, wav in plan:
+        await one_session(rt, turns[0])  # warm-up (first vLLM step compiles)
+        for n, name in plan:
             cfg = CONFIGS[name]
             configure(rt, cfg)
-            stt = instance(rt, "WhisperSTT")
             for st in rt.stages:  # fresh stage figures per run
                 st.metrics = type(st.metrics)(st.metrics.chain, st.metrics.node)
             sessions: list[dict[str, Any]] = []
-            for _ in range(repeats):
-                inputs = [mixed[i % len(mixed)] if wav == "mixed" else prepared[wav] for i in range(n)]
-                got = await asyncio.gather(*(one_session(rt, *x) for x in inputs))
-                sessions.extend(got)
-            res = {"n": n, "config": name, "wav": wav, **cfg, **summarise(sessions)}
-            res["stt_strategy"] = stt.strategy
+            if n == 1:
+                for turn in turns:
+                    sessions.append(await one_session(rt, turn))
+            else:  # rounds of n callers at once, each saying its own turn
+                for r in range(rounds4):
+                    batch = [turns[(r * n + k) % len(turns)] for k in range(n)]
+                    sessions.extend(await asyncio.gather(*(one_session(rt, x) for x in batch)))
+            res = {"n": n, "config": name, "clause": cfg["clause"], **cfg["turn"], **summarise(sessions)}
             figures = {st.name: st.metrics.snapshot() for st in rt.stages}
             whisper = figures["WhisperSTT"]
             res["stt_batch_ms_p50"] = whisper["service_ms"]["p50"]
@@ -266,12 +272,17 @@ async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dic
             res["tts_first_audio_ms_p50"] = figures["PiperTTS"]["first_output_ms"]["p50"]
             runs.append(res)
             print(
-                f"N={n} {name:12s} {wav:8s}: v2v p50 {res['v2v_p50_ms']:.0f} ms p95 {res['v2v_p95_ms']:.0f}; "
-                + "; ".join(f"{k} {res[f'{k}_p50_ms']:.0f}" for k in ("eot", "transcript", "token", "audio"))
-                + f"; abandoned sent {res['abandoned_replies_sent']}; heard {res['transcripts']}"
-                + f"; stt batch {res['stt_batch_ms_p50']:.0f} ms x{res['stt_batch_size_mean']:.1f}"
-                + f" ({res['stt_batches']}); llm ttft {res['llm_first_token_ms_p50']:.0f}"
-                + f"; tts first {res['tts_first_audio_ms_p50']:.0f}",
+                f"N={n} {name:12s}: v2v p50 {f0(res['v2v_p50_ms'])} ms p95 {f0(res['v2v_p95_ms'])}; "
+                + "; ".join(f"{k} {f0(res[f'{k}_p50_ms'])}" for k in ("eot", "transcript", "token", "audio"))
+                + f"; false cut-off {res['false_cutoff_rate']} (audible {res['false_cutoff_audible']},"
+                + f" complete {res['false_cutoff_rate_complete']}); late release p50"
+                + f" {f0(res['late_release_p50_ms'])} p95 {f0(res['late_release_p95_ms'])}"
+                + f"; preempt {res['preempt_hits']}/{res['preempt_misses']}"
+                + f"; abandoned sent {res['abandoned_replies_sent']}"
+                + f"; answered {res['answered']}/{res['sessions']}"
+                + f"; stt batch {f0(res['stt_batch_ms_p50'])} ms x{res['stt_batch_size_mean']}"
+                + f" ({res['stt_batches']}); llm ttft {f0(res['llm_first_token_ms_p50'])}"
+                + f"; tts first {f0(res['tts_first_audio_ms_p50'])}; heard {res['transcripts']}",
                 flush=True,
             )
     return runs
@@ -279,37 +290,52 @@ async def main_async(plan: list[tuple[int, str, str]], repeats: int) -> list[dic
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
-    rows = [r for r in runs if (r["n"], r["wav"]) in ((1, "question"), (4, "mixed"))]
-    labels = [f"N={r['n']}\n{r['config']}" for r in rows]
+    labels = [f"N={r['n']}\n{r['config']}" for r in runs]
     keys = ["eot", "transcript", "token", "audio"]
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(rows)), 4.5))
-    prev = np.zeros(len(rows))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(max(9, 1.6 * len(runs)), 4.5), width_ratios=[3, 1.4])
+    prev = np.zeros(len(runs))
     for k in keys:
-        vals = np.array([r[f"{k}_p50_ms"] for r in rows])
+        vals = np.nan_to_num(np.array([r[f"{k}_p50_ms"] for r in runs], dtype=float))
         ax.bar(labels, np.maximum(vals - prev, 0), bottom=prev, label=f"speech end -> {k}")
         prev = np.maximum(vals, prev)
-    ax.set(ylabel="ms after the end of speech (p50)", title="voice-to-voice latency by technique")
+    ax.set(ylabel="ms after the end of speech (p50, complete turns)", title="voice to voice by configuration")
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
+    bx.bar(labels, [100 * (r["false_cutoff_rate"] or 0) for r in runs], color="tab:red")
+    bx.axhline(5, color="k", lw=0.8, ls="--")
+    bx.set(ylabel="% of incomplete turns cut off", title="false cut-offs (target 5%)")
+    bx.tick_params(axis="x", labelsize=7)
     save_figure(fig, path)
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=4, help="rounds per run")
-    p.add_argument("--only", help="just these runs, e.g. 4:all:question,1:baseline:pause (N:config:wav)")
+    p.add_argument("--only", help="just these runs, e.g. 1:default,4:baseline (N:config)")
+    p.add_argument("--limit", type=int, default=3, help="turns of each kind per voice from the set")
     args = p.parse_args()
-    one = [(1, c, "question") for c in CONFIGS] + [
-        (1, c, "pause") for c in ("baseline", "spec+clause", "all")
-    ]
     if args.only:
-        plan = [(int(n), c, w) for n, c, w in (r.split(":") for r in args.only.split(","))]
+        plan = [(int(n), c) for n, c in (r.split(":") for r in args.only.split(","))]
     elif args.quick:
-        plan = [(1, c, "question") for c in ("baseline", "spec+clause", "all")] + [(1, "all", "pause")]
+        plan = [(1, c) for c in ("baseline", "adaptive", "default")] + [
+            (4, c) for c in ("baseline", "default")
+        ]
     else:
-        plan = one + [(4, c, "mixed") for c in ("baseline", "spec+clause", "all")]
-        plan += [(4, "spec+clause", "question")]
-    runs = asyncio.run(main_async(plan, 2 if args.quick else args.repeats))
+        plan = [(1, c) for c in CONFIGS] + [(4, c) for c in ("baseline", "adaptive", "default")]
+    limit = 2 if args.quick else args.limit
+    voices = None
+    if args.quick:
+        from benchmarks.turnset import VOICES
+
+        voices = VOICES[:2]
+    turns = [load_question(), *build(voices, limit)]
+    # complete and incomplete turns interleaved, so that each round of 4 mixes both
+    done, cut = ([t for t in turns[1:] if t.kind == k] for k in ("complete", "incomplete"))
+    turns = [turns[0]] + [t for pair in zip(done, cut, strict=True) for t in pair]
+    runs = asyncio.run(main_async(plan, turns, 2 if args.quick else 4))
+    base = {r["n"]: r["v2v_p50_ms"] for r in runs if r["config"] == "baseline"}
+    for r in runs:
+        if r["n"] in base:
+            r["v2v_p50_vs_baseline"] = r["v2v_p50_ms"] / base[r["n"]]
     write_json(args.json, {"benchmark": "voice", "machine": machine(), "runs": runs})
     if args.plot:
         plot(runs, args.plot)

@@ -11,14 +11,23 @@ Turn taking (nodes/vad.py, nodes/turn.py), which is where a voice reply's latenc
 goes:
 
 - speculative end of turn: at 160 ms of silence the VAD starts the turn (STT, LLM
-  and TTS run at once, their outputs held by the runtime); at the end-of-turn
-  silence it confirms it and the held reply goes out; if the user goes on, the
-  turn is abandoned (the LLM request aborted, nothing sent) and speculated again;
+  and TTS run at once, their outputs held by the runtime); at the end of turn it
+  confirms it and the held reply goes out; if the user goes on, the turn is
+  abandoned (the LLM request aborted, nothing sent) and speculated again;
 - interim transcripts: every 600 ms of speech the utterance so far is transcribed
   in the same Whisper batches, and sent to the client as ``transcript`` with
   ``final: false``;
-- adaptive end of turn: 300 ms of silence after a finished question or sentence,
-  1 s after a trailing "and", "so", "um", 500 ms otherwise;
+- preemptive generation: 64 ms into a silence the whole utterance is transcribed
+  once more (its final transcript); at 160 ms the reply starts from the latest
+  interim transcript when it heard all but 250 ms of the speech, else from that
+  final transcript as soon as it is back; a reply started from words the final
+  transcript contradicts is redone from the final words, and none is confirmed
+  before they agree;
+- end of turn: Smart Turn v3.2 (an audio model of whether the sentence is finished)
+  at the first silence: "finished" (P >= 0.9) confirms the turn at once, "not
+  finished" (P < 0.7), or words that trail off ("... for", "um"), hold it up to
+  1.6 s of silence; 500 ms otherwise (300 ms after a finished question by the
+  words alone);
 - first audio sooner: the reply's first clause is spoken on its own.
 
 Talking over the reply interrupts it: the VAD emits ``Interrupt``, the runtime
@@ -33,14 +42,23 @@ from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT
 from nodes.sentences import speech_chunks
 from nodes.turn import transcripts
 
+# Thresholds measured on the turn-taking set (benchmarks/turnset.py, BENCHMARKS.md):
+# Smart Turn once at the first silence, "finished" at P >= 0.9, "not finished" under
+# 0.7 or when the words trail off, held then up to 1.6 s (pauses of up to 1.2 s).
 TURN_TAKING = {
     "speculative": True,
     "first_silence_ms": 160,
     "interim_ms": 600,
+    "preemptive": True,
+    "settle_ms": 64,
+    "cover_ms": 250,
+    "turn_model": "smart-turn-v3.2",
+    "turn_done": 0.9,
+    "turn_hold": 0.7,
     "adaptive": True,
     "min_silence_ms": 500,
     "eot_min_ms": 300,
-    "eot_max_ms": 1000,
+    "eot_max_ms": 1600,
     "marks": True,
 }
 
