@@ -31,9 +31,12 @@ ABANDONED = "speculation_abandoned"  # the Interrupt reason when a speculative t
 class Snapshot(Utterance, frozen=True):
     """The utterance so far while the user still speaks (or has just stopped):
     transcribed for an interim transcript only (never answered). ``turn`` counts the
-    VAD's utterances."""
+    VAD's utterances. ``settled``: taken once the caller stopped (its transcript is the
+    final one), so the STT transcribes it apart from the mid-word snapshots, like a
+    final utterance."""
 
     turn: int = 0
+    settled: bool = False
 
 
 class Interim(TextDelta, frozen=True):

@@ -264,7 +264,7 @@ class TurnTaking:
                     snap_posts = hints.posts if hints is not None else -1
                     yield Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
             if self.preemptive and pause.check_ms is None and not spec and silence >= self.settle:
-                snap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
+                snap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn, settled=True)
                 pause.check_ms = snap.duration_ms
                 yield snap  # the user stopped: this transcript is the final one
             eot_max = int(self.eot_max_ms * ms)

@@ -230,8 +230,9 @@ class WhisperSTT:
         # Final utterances first and apart from snapshots: a snapshot ends mid-word, and
         # packed beside one Whisper's word timestamps slip across the boundary (seen at
         # four sessions: a final transcript lost its last words to a neighbour).
-        finals = [i for i, u in enumerate(utterances) if not isinstance(u, Snapshot)]
-        snaps = [i for i, u in enumerate(utterances) if isinstance(u, Snapshot)]
+        # (a settled snapshot, taken once the caller stopped, ends where the speech does)
+        snaps = [i for i, u in enumerate(utterances) if isinstance(u, Snapshot) and not u.settled]
+        finals = [i for i in range(len(utterances)) if i not in snaps]
         texts: dict[int, str] = {}
         for group in (finals, snaps):
             texts.update(zip(group, self.transcribe([clips[i] for i in group]), strict=True))
