@@ -52,7 +52,9 @@ from transport.wsocket import AsgiSocket, SocketClosed
 class Served(Protocol):
     """What the routes need of the server."""
 
-    runtimes: Mapping[str, Any]
+    @property
+    def runtimes(self) -> Mapping[str, Any]: ...
+
     limits: Limits
     token: str | None
     settings: ConnectionSettings

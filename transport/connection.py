@@ -108,7 +108,10 @@ class Connection:
 
     # --- sending ------------------------------------------------------------------------
     async def send(self, msg: Any) -> None:
-        data = msg if isinstance(msg, bytes | bytearray | memoryview) else encode(msg).decode()
+        if isinstance(msg, bytes | bytearray | memoryview):
+            data: str | bytes = bytes(msg) if not isinstance(msg, bytes) else msg
+        else:
+            data = encode(msg).decode()
         if self._pending == 0:
             self._pending_since = time.monotonic()
         self._pending += 1
@@ -396,7 +399,7 @@ class Connection:
 
 
 def _type_of(msg: Any) -> str:
-    return type(msg).__struct_config__.tag  # type: ignore[no-any-return]
+    return type(msg).__struct_config__.tag
 
 
 def _audio_input(graph: Any) -> int | None:

@@ -51,7 +51,8 @@ def _named(chains_: ChainsArg) -> dict[str, Any]:
         return dict(chains_)
     if isinstance(chains_, list | tuple):
         return {c.name: c for c in chains_}
-    return {chains_.name: chains_}
+    one: Any = chains_
+    return {one.name: one}
 
 
 class ChainServer:

@@ -127,12 +127,12 @@ class AsgiSocket:
         key = name.lower().encode()
         for k, v in self.scope.get("headers", []):
             if k == key:
-                return v.decode("latin-1")  # type: ignore[no-any-return]
+                return v.decode("latin-1")
         return None
 
     @property
     def query_string(self) -> str:
-        return self.scope.get("query_string", b"").decode("latin-1")  # type: ignore[no-any-return]
+        return self.scope.get("query_string", b"").decode("latin-1")
 
 
 __all__ = ["EXTENSION", "AsgiSocket", "SocketClosed", "protocol_class"]

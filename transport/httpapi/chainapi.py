@@ -20,7 +20,7 @@ away cancels its call in the runtime.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -82,7 +82,7 @@ def chain_endpoint(served: Any) -> Callable[[Request], Any]:
             result = await served.departures.until_gone(request, lambda: call(served, rt, inputs))
             return json_response(outputs_by_name(rt.graph, result))
 
-        return await in_slot(served.requests, "requests", work)  # type: ignore[no-any-return]
+        return await in_slot(served.requests, "requests", work)
 
     return chain
 
@@ -167,7 +167,7 @@ async def stream_response(served: Any, rt: Any, inputs: tuple[Any, ...], sse: bo
             await outputs.aclose()  # cancels the session behind it if it still runs
         slots.give()
 
-    async def lines() -> AsyncIterator[bytes]:
+    async def lines() -> AsyncGenerator[bytes, None]:
         async for out in outputs:
             line = _line(out)
             if line is not None:

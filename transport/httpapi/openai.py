@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -131,7 +131,7 @@ def _embeddings(served: Any) -> Callable[[Request], Any]:
 
         async def work() -> list[Any]:
             try:
-                return await served.departures.until_gone(request, all_of)  # type: ignore[no-any-return]
+                return await served.departures.until_gone(request, all_of)
             except BaseExceptionGroup as group:  # the first failure decides the status
                 raise group.exceptions[0] from None
 
@@ -190,7 +190,7 @@ def _chat(served: Any) -> Callable[[Request], Any]:
                 raise overloaded(e, served.requests) from None
 
         async def work() -> str:
-            return await served.departures.until_gone(request, collect)  # type: ignore[no-any-return]
+            return await served.departures.until_gone(request, collect)
 
         text = await in_slot(served.requests, "requests", work)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
@@ -215,7 +215,7 @@ def conversation(messages: Any, want: Any) -> Any:
     return convert({"messages": messages}, want, "", "messages")
 
 
-async def _pieces(outputs: AsyncIterator[Any]) -> AsyncIterator[str]:
+async def _pieces(outputs: AsyncIterator[Any]) -> AsyncGenerator[str, None]:
     """The reply's text as it comes: ``TextDelta``s and ``Text``s of the data outputs."""
     try:
         async for out in outputs:
@@ -249,7 +249,7 @@ async def _chat_stream(served: Any, rt: Any, value: Any, meta: dict[str, Any]) -
             }
         )
 
-    async def rest() -> AsyncIterator[bytes]:
+    async def rest() -> AsyncGenerator[bytes, None]:
         try:
             async for piece in pieces:
                 yield chunk({"content": piece})
