@@ -27,6 +27,7 @@ under overload instead of serving everyone late.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -210,45 +211,49 @@ class Batcher:
                 continue
             await self._wait_arrival(wait)
 
-    def _newest_feasible(self, batch: list[BatchItem], finish: float) -> list[BatchItem]:
-        """Under overload, of the items that must go now (they cannot wait for the next
-        batch, which ends one batch later) serve the newest: the oldest are the ones the
-        cost model's noise would make late, and one of them dies either way when more
-        must go than a batch holds. Those left behind are shed at the next take."""
-        if len(batch) < self.max_size or not self._heap:
-            return batch
-        next_finish = finish + self.cost.predict(self.max_size)
-        if self._heap[0].deadline >= next_finish:
-            return batch  # the rest can wait: earliest deadline first is right
-        must = batch
-        while self._heap and self._heap[0].deadline < next_finish:
-            must.append(heapq.heappop(self._heap))
-        must.sort(key=lambda it: it.deadline)
-        keep, back = must[-self.max_size :], must[: -self.max_size]
-        for it in back:
-            heapq.heappush(self._heap, it)
-        return keep
-
     def _take(self, now: float) -> list[BatchItem]:
         batch: list[BatchItem] = []
-        while self._heap and len(batch) < self.max_size:
-            batch.append(heapq.heappop(self._heap))
-        if self.policy == "window" or self.on_late != "shed":
-            return batch
-        # Shed what cannot make its deadline in this batch, refilling from the heap.
-        while True:
-            # Optimistic by the adapted margin: shed only what will surely miss, not
-            # what the model's noise says might (``served`` tunes how sure).
-            optimism = self.margin() if self.optimism is None else self.optimism
-            finish = now + self.cost.predict(len(batch)) - optimism
-            hopeless = [it for it in batch if it.deadline < finish]
-            if not hopeless or self.cost.n == 0:
-                return self._newest_feasible(batch, finish) if self.cost.n else batch
-            for it in hopeless:
-                batch.remove(it)
-                if self.on_shed:
-                    self.on_shed(it, finish - it.deadline)
+        if self.policy == "window" or self.on_late != "shed" or self.cost.n == 0:
             while self._heap and len(batch) < self.max_size:
                 batch.append(heapq.heappop(self._heap))
-            if not batch:
-                return batch
+            return batch
+        return self._take_feasible(now)
+
+    def _take_feasible(self, now: float) -> list[BatchItem]:
+        """The largest batch whose every item makes its deadline, and shedding only what
+        no batch starting now could serve (a smaller batch finishes sooner: an item that
+        would miss in a full batch may make it in the one actually formed).
+
+        Which feasible items go: earliest deadline first, except under overload, when
+        more items must go now than a batch holds (none of them could wait for the next
+        batch, which ends one batch later): then the newest of them, since the oldest are
+        the ones the cost model's noise would make late, and the same number dies either
+        way. Those left behind are shed at the next take."""
+        # Optimistic by the adapted margin: shed only what will surely miss, not what the
+        # model's noise says might (``served`` tunes how sure).
+        optimism = self.margin() if self.optimism is None else self.optimism
+        items = sorted(self._heap)  # by deadline
+        self._heap = []
+        deadlines = [it.deadline for it in items]
+        n = min(self.max_size, len(items))
+        cut = len(items)
+        while n > 0:
+            cut = bisect.bisect_left(deadlines, now + self.cost.predict(n) - optimism)
+            if len(items) - cut >= n:
+                break
+            n -= 1
+        if n == 0:
+            cut = bisect.bisect_left(deadlines, now + self.cost.predict(1) - optimism)
+        finish = now + self.cost.predict(max(n, 1)) - optimism
+        for it in items[:cut]:
+            if self.on_shed:
+                self.on_shed(it, finish - it.deadline)
+        feasible = items[cut:]
+        must = bisect.bisect_left(deadlines, finish + self.cost.predict(self.max_size), lo=cut) - cut
+        if must > n:  # overload: the newest of those that must go now
+            batch = feasible[must - n : must]
+            rest = feasible[: must - n] + feasible[must:]
+        else:
+            batch, rest = feasible[:n], feasible[n:]
+        self._heap = rest  # sorted, so already a heap
+        return batch
