@@ -274,6 +274,13 @@ class VLLMChat(VLLMBase):
             session.record(user, said, self.history_turns)
 
 
+# A words-only round: any text without JSON's brackets. After a call written as JSON
+# (and a system prompt that shows the JSON turn format) SmolLM2 otherwise went on in
+# JSON: on the agent demo's order call it wrote '{"type": "status", "message": ...}'
+# where a sentence about the tool's result was wanted.
+PLAIN_WORDS = r"[^{}\[\]]+"
+
+
 class _SessionRounds:
     """``VLLMChat``'s engine as a ``nodes.toolturn.RoundModel`` for one session's turn."""
 
@@ -281,9 +288,8 @@ class _SessionRounds:
         self.chat, self.session, self.user = chat, session, user
 
     def round(self, pending: list[dict[str, Any]], schema: dict[str, Any] | None) -> AsyncIterator[str]:
-        return self.chat._generate(
-            self.session, self.user, pending, None if schema is None else {"json": schema}
-        )
+        structured = {"regex": PLAIN_WORDS} if schema is None else {"json": schema}
+        return self.chat._generate(self.session, self.user, pending, structured)
 
 
 VLLMChat = checked(VLLMChat)

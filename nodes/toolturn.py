@@ -6,10 +6,11 @@ fake with controlled timing (tests/test_tools.py).
 
 Each round the model's reply is constrained (``nodes.tools.turn_schema``): in the first
 round of a ``"required"`` turn only a call; otherwise a reply or a call; in the last
-round (``max_rounds``), or when every tool has been called, the reply is plain text,
-unconstrained (measured on SmolLM2-135M: asked for the reply inside ``{"say": ...}``
-after a tool result, it wrote "showdeshiped, eastered, eastered" where in plain
-words it answered from the result; see BENCHMARKS.md). A reply's words stream out as
+round (``max_rounds``), or when every tool has been called, the reply is plain words
+(``schema=None``; ``VLLMChat`` only keeps JSON's brackets out). Measured on
+SmolLM2-135M: asked for the reply inside ``{"say": ...}`` after a tool result, it
+wrote "showdeshiped, eastered, eastered" where in plain words it answered from the
+result (BENCHMARKS.md). A reply's words stream out as
 ``TextDelta``s while they are generated; a call yields ``ToolCall``, runs
 (``nodes.tools.run_tool``: timeout, errors as results, cancelled with the turn),
 yields ``ToolResult``, and its result goes into the next round's prompt.

@@ -19,6 +19,7 @@ from chains import Text, TextDelta, ToolCall, ToolResult
 from chains.outputs import ERROR, EVENTS
 from nodes import VLLMChat
 from nodes.chat_session import ChatSession
+from nodes.llm import PLAIN_WORDS
 from nodes.tools import SayStream, as_tools, decode_turn, tool, turn_schema
 from tests.fakes import drain, wait_until
 from transport.outputs import OutputMapper
@@ -33,6 +34,7 @@ class Script:
         self.chunk = chunk
         self.asked: list[tuple[list[dict[str, Any]], dict[str, Any] | None]] = []
         self.chats: list[Any] = []
+        self.structured: list[dict[str, Any]] = []  # what each round asked vLLM for
 
 
 class ScriptedChat(VLLMChat.spec.impl):  # type: ignore[misc,name-defined]
@@ -57,7 +59,8 @@ class ScriptedChat(VLLMChat.spec.impl):  # type: ignore[misc,name-defined]
 
     async def _generate(self, session, user, pending, structured=None) -> AsyncIterator[str]:  # type: ignore[override]
         s = self.script
-        s.asked.append(([dict(m) for m in pending], None if structured is None else structured["json"]))
+        s.asked.append(([dict(m) for m in pending], structured.get("json")))  # None: a words-only round
+        s.structured.append(structured)
         reply = s.rounds.pop(0)
         for k in range(0, len(reply), s.chunk):
             await asyncio.sleep(0)
@@ -196,7 +199,8 @@ async def test_a_tool_call_runs_its_result_goes_back_and_the_model_answers() -> 
     pending, schema = script.asked[1]
     assert [m["role"] for m in pending] == ["assistant", "tool"]
     assert pending[1]["content"] == "status: shipped, arrives: Friday"
-    assert schema is None  # words only: plain text, unconstrained
+    assert schema is None  # words only: plain text, JSON's brackets kept out
+    assert script.structured[1] == {"regex": PLAIN_WORDS}
     assert script.asked[0][1] is not None and len(script.asked[0][1]["anyOf"]) == 2  # say or call
     chat = script.chats[0]
     assert chat.tool_calls == 1 and chat.tool_errors == 0
