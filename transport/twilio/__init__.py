@@ -1,6 +1,6 @@
 """Twilio Media Streams: a phone call to a voice chain.
 
-A TwiML ``<Connect><Stream url="wss://HOST/twilio">`` (README, "Phone calls") makes
+A TwiML ``<Connect><Stream url="wss://HOST/twilio">`` (README, "Voice clients") makes
 Twilio open a websocket to ``/twilio`` and stream the call's audio both ways; the
 ``chain`` and ``token`` ``<Parameter>``s pick the chain and authorise the call
 (``?token=`` in the URL works too). call.py serves it.
