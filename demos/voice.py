@@ -17,12 +17,11 @@ goes:
 - interim transcripts: every 600 ms of speech the utterance so far is transcribed
   in the same Whisper batches, and sent to the client as ``transcript`` with
   ``final: false``;
-- preemptive generation: 64 ms into a silence the whole utterance is transcribed
-  once more (its final transcript); at 160 ms the reply starts from the latest
-  interim transcript when it heard all but 250 ms of the speech, else from that
-  final transcript as soon as it is back; a reply started from words the final
-  transcript contradicts is redone from the final words, and none is confirmed
-  before they agree;
+- preemptive generation: the speculative turn starts 160 ms into a silence, from the
+  latest interim transcript when it heard all but 250 ms of the speech (the LLM starts
+  at once; the whole utterance is transcribed as a check, and a reply the check
+  contradicts is redone from its words, none confirmed before they agree), else from
+  the whole utterance (transcribed once: only silence follows);
 - end of turn: Smart Turn v3.2 (an audio model of whether the sentence is finished)
   at the first silence: "finished" (P >= 0.9) confirms the turn at once, "not
   finished" (P < 0.7), or words that trail off ("... for", "um"), hold it up to
@@ -50,7 +49,7 @@ TURN_TAKING = {
     "first_silence_ms": 160,
     "interim_ms": 600,
     "preemptive": True,
-    "settle_ms": 64,
+    "settle_ms": 160,  # (64 would start earlier, and a speculative turn at every short gap)
     "cover_ms": 250,
     "turn_model": "smart-turn-v3.2",
     "turn_done": 0.9,

@@ -26,17 +26,17 @@ Where the reply's latency goes, and what starts it early:
   (``Interrupt(reason=ABANDONED)``: the runtime discards it, nothing is sent);
 - interim snapshots (``interim_ms``): the utterance so far, transcribed for the
   client while the user speaks;
-- preemptive generation (``preemptive``, with both above): once the user has been
-  silent ``settle_ms`` a snapshot of the whole utterance goes to the STT (its
-  transcript is the final one: only silence follows, unless the user goes on). At
-  the first silence the speculative turn starts from words already known, a
-  ``Heard`` utterance the STT passes on without transcribing: that snapshot's
-  transcript when it is back, else the latest interim transcript when it heard all
-  but ``cover_ms`` of the speech (the LLM starts at once, the check still to come),
-  else it waits for the snapshot (no second transcription of the same audio). When
-  the check comes back with other words than the reply started from, the turn is
-  redone from them (``Interrupt(ABANDONED)``, a new ``SpeculativeTurn``); the turn is
-  never confirmed before the check. ``Preempted`` marks each verdict (hit or miss).
+- preemptive generation (``preemptive``, with both above): the speculative turn
+  starts ``settle_ms`` into the silence (not at ``first_silence_ms``), with the whole
+  utterance, whose transcript is the final one (only silence follows unless the user
+  goes on). When the latest interim transcript already heard all but ``cover_ms`` of
+  the speech, the turn starts from those words instead (a ``Heard`` utterance the STT
+  passes on untranscribed: the LLM starts at once) and the whole utterance goes to the
+  STT as a check snapshot; the turn is never confirmed before the check came back, and
+  when its words differ the turn is redone from them (``Interrupt(ABANDONED)``, a new
+  ``SpeculativeTurn``). ``Preempted`` marks each verdict (hit or miss). With ``adaptive``
+  and a ``turn_model``, a "finished" verdict waits for the utterance's words (their
+  veto) up to ``min_silence_ms``.
 
 With ``marks``, ``TurnTiming`` dates the end of speech before each turn. Counters over
 every session: ``speculated``, ``confirmed_turns``, ``abandoned``, ``preempted``,
@@ -163,6 +163,8 @@ class TurnTaking:
             if self.adaptive and trails_off(words):
                 return hi  # the words say the sentence goes on, whatever the melody
             if p >= self.turn_done:
+                if self.adaptive and words is None:  # wait for the words (their veto), not past the base
+                    return int(self.min_silence_ms * self.rate / 1000)
                 return 0  # the model heard a finished turn: now (it runs from the first silence on)
             if p < self.turn_hold:
                 return hi
@@ -263,10 +265,6 @@ class TurnTaking:
                     snap_at = len(speech) * self.window
                     snap_posts = hints.posts if hints is not None else -1
                     yield Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
-            if self.preemptive and pause.check_ms is None and not spec and silence >= self.settle:
-                snap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn, settled=True)
-                pause.check_ms = snap.duration_ms
-                yield snap  # the user stopped: this transcript is the final one
             eot_max = int(self.eot_max_ms * ms)
             if self.turn_model is not None and pause.next_check <= silence < eot_max:
                 pause.p = await self.turn_model(np.concatenate(speech))
@@ -277,28 +275,28 @@ class TurnTaking:
             if pause.check_ms is not None and hints is not None:
                 final = hints.interim(turn, pause.check_ms)
             given_up = silence >= eot_max + CHECK_WAIT_MS * ms  # a check that never came back
-            if self.speculative and not spec and silence >= self.first_silence:
-                start: Utterance | None = None
-                if not self.preemptive or pause.check_ms is None or given_up:
-                    start = utterance()
-                elif final is not None:
-                    start = Heard(pcm=b"", sample_rate=self.rate, text=final, turn=turn)
-                elif (
-                    words
+            start_at = self.settle if self.preemptive else self.first_silence
+            if self.speculative and not spec and silence >= start_at:
+                start: Utterance = utterance()  # its transcript is the final one: only silence follows
+                covered = (
+                    self.preemptive
+                    and words
                     and hints is not None
                     and hints.text_ms is not None
                     and hints.text_ms >= spoken_ms - self.cover_ms
-                ):
-                    pause.preheard = words  # the latest interim heard (nearly) all of it: go now
+                )
+                if covered:  # the latest interim heard (nearly) all of it: the reply starts now
+                    check = Snapshot(pcm=start.pcm, sample_rate=self.rate, turn=turn, settled=True)
+                    pause.check_ms, pause.preheard = check.duration_ms, words
                     self.preempted += 1
-                    start = Heard(pcm=b"", sample_rate=self.rate, text=words, turn=turn)
-                if start is not None:  # (else: wait for the settle snapshot's words)
-                    spec = len(speech)
-                    self.speculated += 1
-                    for out in timing():
-                        yield out
-                    yield SpeculativeTurn(reason="first silence")
-                    yield start
+                    yield check  # the transcript that confirms or redoes it
+                    start = Heard(pcm=b"", sample_rate=self.rate, text=words or "", turn=turn)
+                spec = len(speech)
+                self.speculated += 1
+                for out in timing():
+                    yield out
+                yield SpeculativeTurn(reason="first silence")
+                yield start
             if spec and pause.preheard is not None:
                 if final is not None:
                     for out in self._judge(pause, final):

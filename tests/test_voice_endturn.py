@@ -8,8 +8,8 @@ and scripted transcripts posted on the session's board at chosen windows:
 - a speculative turn starts from an interim transcript that covers the utterance,
   and is confirmed only after the transcript of the whole utterance agrees (a hit),
   or redone from that transcript when it does not (a miss);
-- without a covering interim it waits for the transcript of the whole utterance and
-  starts from it (no second transcription);
+- without a covering interim it starts from the whole utterance, transcribed once,
+  64 ms into the silence;
 - ``SmartTurnModel.probability`` batches concurrent callers into one model call.
 """
 
@@ -151,21 +151,22 @@ def posting(board: TurnBoard, posts: list[tuple[int, int, str]]) -> Callable[[in
 
 
 # 5 silent windows, then 20 of speech (windows 5-24): interim snapshots at 16 and 26
-# windows of utterance (the 6 windows of pad count), the first one's words back at 20;
-# the settle snapshot at 2 windows of silence (window 26); the first silence at 29.
+# windows of utterance (the 6 windows of pad count: windows 14 and 24), the first one's
+# words back at 20, the second's at 25; the turn starts 64 ms (2 windows) into the
+# silence, at window 26; the check snapshot (when one is needed) goes with it.
 FULL = "What is the capital of France?"
 
 
 def test_a_covering_interim_starts_the_reply_and_the_final_transcript_confirms_it() -> None:
     board = TurnBoard()
     tt = TurnTaking(**PRE)
-    post = posting(board, [(20, 0, "What is the"), (27, 1, FULL), (40, 2, FULL)])
+    post = posting(board, [(20, 0, "What is the"), (25, 1, FULL), (40, 2, FULL)])
     outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
     names = kinds(outs)
     start = names.index("SpeculativeTurn")
     heard = outs[start + 1][1]
     assert isinstance(heard, Heard) and heard.text == "What is the capital of France?" and heard.pcm == b""
-    assert outs[start][0] == FIRST  # at the first silence, without waiting for a transcription
+    assert outs[start][0] == 26  # 64 ms into the silence, without waiting for a transcription
     verdict = next(o for _, o in outs if isinstance(o, Preempted))
     assert verdict.hit and at_of(outs, "Preempted") == 40
     assert at_of(outs, "ConfirmTurn") >= 40  # never before the final transcript agreed
@@ -176,7 +177,7 @@ def test_a_covering_interim_starts_the_reply_and_the_final_transcript_confirms_i
 def test_a_final_transcript_with_other_words_redoes_the_turn_from_them() -> None:
     board = TurnBoard()
     tt = TurnTaking(**PRE)
-    post = posting(board, [(20, 0, "What is the"), (27, 1, "What is the capital of"), (40, 2, FULL)])
+    post = posting(board, [(20, 0, "What is the"), (25, 1, "What is the capital of"), (40, 2, FULL)])
     outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
     names = kinds(outs)
     i = names.index("Preempted")
@@ -187,17 +188,17 @@ def test_a_final_transcript_with_other_words_redoes_the_turn_from_them() -> None
     assert (tt.preempt_hits, tt.preempt_misses) == (0, 1)
 
 
-def test_without_a_covering_interim_the_turn_waits_for_the_final_transcript() -> None:
+def test_without_a_covering_interim_the_turn_starts_from_the_whole_utterance() -> None:
     board = TurnBoard()
     tt = TurnTaking(**PRE)
-    post = posting(board, [(20, 0, "Is the"), (36, 2, "Is the sun a star?")])  # no words for snapshot 1
+    post = posting(board, [(20, 0, "Is the")])  # the second interim never comes back
     outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
     start = at_of(outs, "SpeculativeTurn")
-    assert start == 36  # when the settle snapshot's words came back, not at the first silence
-    heard = next(o for _, o in outs if isinstance(o, Heard))
-    assert heard.text == "Is the sun a star?"
-    assert tt.preempted == 0 and "Preempted" not in kinds(outs)  # started from the final words
-    assert "Utterance" not in kinds(outs)
+    assert start == 26  # 64 ms into the silence: its transcript is the final one
+    names = kinds(outs)
+    assert names[names.index("SpeculativeTurn") + 1] == "Utterance" and "Heard" not in names
+    assert tt.preempted == 0 and "Preempted" not in names
+    assert names.count("ConfirmTurn") == 1
 
 
 def test_preemption_needs_speculation_and_interim_transcripts() -> None:
