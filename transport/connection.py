@@ -263,13 +263,7 @@ class Connection:
                 except anyio.EndOfStream:
                     break
                 msgs = mapper.map(out.name, out.value, out.origin, out.epoch, mono())
-                if isinstance(out.value, AudioFrame):
-                    await self._paced.send(out.value, out.epoch, msgs, self.send)
-                else:
-                    for msg in msgs:
-                        await self.send(msg)
-                for msg in self._paced.take():
-                    await self.send(msg)
+                await self._paced.send(out.value, out.epoch, msgs, self.send)  # audio paced; `truncated`
                 buffered = ws.buffered()
                 if buffered > self.max_buffered:
                     self.max_buffered = buffered

@@ -27,19 +27,23 @@ class PacedAudio:
         sess.interrupt_listeners.append(self._cut)
 
     async def send(
-        self, frame: AudioFrame, epoch: int, msgs: list[Any], send: Callable[[Any], Awaitable[None]]
+        self, value: Any, epoch: int, msgs: list[Any], send: Callable[[Any], Awaitable[None]]
     ) -> None:
-        """Send the messages of one audio output: the audio paced, the others at once."""
+        """Send the messages of one output (``value``): audio paced, the others at once;
+        then any ``truncated`` event an interrupt left."""
         audio = [m for m in msgs if isinstance(m, bytes | bytearray | memoryview)]
         for m in msgs:
-            if not isinstance(m, bytes | bytearray | memoryview):
+            if not isinstance(value, AudioFrame) or not isinstance(m, bytes | bytearray | memoryview):
                 await send(m)
 
         async def go() -> None:
             for m in audio:
                 await send(m)
 
-        await self.pacer.send(frame.duration_ms, epoch, lambda: self.sess.epoch, go, frame.spoken)
+        if isinstance(value, AudioFrame):
+            await self.pacer.send(value.duration_ms, epoch, lambda: self.sess.epoch, go, value.spoken)
+        for ev in self.take():
+            await send(ev)
 
     def _cut(self, old_epoch: int, reason: str) -> None:
         pb = self.pacer.cut(old_epoch)
