@@ -22,7 +22,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check chains runtime transport nodes demos tests benchmarks examples docs
-	$(BIN)/mypy runtime transport/remote
+	$(BIN)/mypy runtime transport
 	$(BIN)/pytest -q -p no:cacheprovider
 
 docs: setup

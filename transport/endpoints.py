@@ -87,7 +87,7 @@ class RealtimeEndpoint(_Endpoint):
             await peer.send_text(realtime.session.error_event(err))
             await sock.close(1008, "unauthorized")
             return
-        model = (parse_qs(query).get("model") or [None])[0]
+        model = next(iter(parse_qs(query).get("model", [])), None)
         options = realtime.RealtimeOptions(
             lead_ms=srv.limits.lead_ms, max_message_bytes=srv.limits.max_message_bytes
         )
@@ -97,7 +97,7 @@ class RealtimeEndpoint(_Endpoint):
 class TwilioEndpoint(_Endpoint):
     async def serve(self, sock: AsgiSocket, peer: _Peer) -> None:
         srv = self.served
-        query_token = (parse_qs(sock.query_string).get("token") or [None])[0]
+        query_token = next(iter(parse_qs(sock.query_string).get("token", [])), None)
         options = twilio.TwilioOptions(
             lead_ms=srv.limits.lead_ms, max_message_bytes=srv.limits.max_message_bytes
         )

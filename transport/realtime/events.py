@@ -128,7 +128,7 @@ Event = (
     | ResponseCreate
     | ResponseCancel
 )
-KNOWN = {c.__struct_config__.tag for c in Event.__args__}  # type: ignore[attr-defined]
+KNOWN = {c.__struct_config__.tag for c in Event.__args__}
 
 _decoder = msgspec.json.Decoder(Event)
 
