@@ -7,7 +7,12 @@ pause in the middle ("What is the capital of ... France?"): the chain speculates
 at the pause, the rest of the question abandons that turn, and the reply that goes
 out answers the whole question (nothing of the half is sent).
 
-One runtime (one vLLM engine, ~30 s to start) serves both tests.
+And the callers of issue 20, who pause 0.9-1 s mid-sentence ("My account number is
+... four five six seven.", "I want to order um ... a large pizza with mushrooms."):
+the end-of-turn model and the words hold the turn, so the one reply answers the
+whole sentence.
+
+One runtime (one vLLM engine, ~30 s to start) serves every test.
 """
 
 from __future__ import annotations
@@ -67,7 +72,12 @@ def runtime(loop) -> Iterator[Any]:
 
 def instance_of(rt: Any, cls: str) -> Any:
     (inst,) = {
-        id(i): i for st in rt.stages for i in st.replicas.instances if type(i).__name__ == cls
+        id(i): i
+        for st in rt.stages
+        for i in (
+            getattr(r, "_instance", r) for r in st.replicas.instances
+        )  # (unwrapped from its result check)
+        if type(i).__name__ == cls
     }.values()
     return inst
 
@@ -174,3 +184,42 @@ def test_a_pause_mid_sentence_gets_a_reply_to_the_whole_question(runtime, loop) 
     reply = "".join(o.value.text for o in outs if o.name == "reply")
     assert "paris" in reply.lower(), reply
     assert all(isinstance(o.value, Text | TextDelta) for o in outs if o.name == "transcript")
+
+
+@pytest.mark.parametrize(
+    ("first", "rest", "pause_ms", "heard", "then"),
+    [
+        ("My account number is", "four five six seven.", 900, "number", {"seven", "4567"}),
+        ("I want to order um", "a large pizza with mushrooms.", 1000, "order", {"pizza"}),
+    ],
+)
+def test_a_long_pause_mid_sentence_does_not_get_half_answered(
+    runtime, loop, first, rest, pause_ms, heard, then
+) -> None:
+    """Sent at the pace a caller speaks (the words of the first half are back before
+    the pause ends, as in a call), one turn: the whole sentence, answered once."""
+    from benchmarks.turnset import VOICES, Synth
+
+    a, b = Synth().split(first, rest, VOICES[0])
+    paused = np.concatenate([a, np.zeros(int(pause_ms * 16)), b]).astype(np.float32)
+
+    async def go() -> list[Any]:
+        async def audio() -> AsyncIterator[AudioFrame]:
+            t0 = loop.time()
+            for i, f in enumerate(frames_48k(float_to_pcm(paused), 16000, silence_s=2.0)):
+                await asyncio.sleep(max(0.0, t0 + i * 0.04 - loop.time()))  # 40 ms frames
+                yield f
+
+        return [o async for o in runtime.stream(audio())]
+
+    outs = loop.run_until_complete(go())
+    assert not [o.value for o in outs if o.name == "error"]
+    (transcript,) = final_transcripts(outs)  # one turn: the whole sentence
+    assert heard in words(transcript) and then & words(transcript), transcript
+    abandoned = {
+        o.epoch - 1
+        for o in outs
+        if o.name == "events" and isinstance(o.value, Interrupt) and o.value.reason == ABANDONED
+    }
+    assert not [o for o in outs if o.epoch in abandoned and o.name != "events"], "an abandoned turn was sent"
+    assert len({o.epoch for o in outs if o.name in ("reply", "audio")}) == 1
