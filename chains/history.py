@@ -99,7 +99,8 @@ def cut_history(history: list[dict[str, Any]], messages: list[Heard] | None = No
     i = 0
     while i < len(history):
         entry = history[i]
-        h = by_epoch.get(entry.get(EPOCH)) if entry.get("role") == "assistant" else None
+        tag = entry.get(EPOCH)
+        h = by_epoch.get(tag) if isinstance(tag, int) and entry.get("role") == "assistant" else None
         if h is None:
             i += 1
             continue
