@@ -29,10 +29,7 @@ import chains
 from chains import AudioFrame, Stream
 from nodes import PiperTTS, SileroVAD, VLLMChat, WhisperSTT
 from nodes.sentences import speech_chunks
-from nodes.spin import quiet_vllm_in_children
 from nodes.turn import transcripts
-
-quiet_vllm_in_children(__name__)
 
 ORDERS = {
     "4512": {"status": "shipped", "arrives": "Friday"},

@@ -29,12 +29,7 @@ import msgspec
 import chains
 from chains import AudioFrame, Stream, Text
 from nodes import PiperTTS, SileroVAD, VLLMExtract, WhisperSTT
-from nodes.spin import quiet_vllm_in_children
 from nodes.turn import transcripts
-
-# vLLM's engine and worker processes re-import this script: keep their queue readers
-# from spinning a core while they wait (nodes/spin.py).
-quiet_vllm_in_children(__name__)
 
 INTENTS = ["billing", "support", "cancel"]
 
