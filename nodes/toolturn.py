@@ -10,7 +10,7 @@ round (``max_rounds``), or when every tool has been called, the reply is plain w
 (``schema=None``; ``VLLMChat`` only keeps JSON's brackets out). Measured on
 SmolLM2-135M: asked for the reply inside ``{"say": ...}`` after a tool result, it
 wrote "showdeshiped, eastered, eastered" where in plain words it answered from the
-result (BENCHMARKS.md). A reply's words stream out as
+result (measured by the project's tool-call benchmark). A reply's words stream out as
 ``TextDelta``s while they are generated; a call yields ``ToolCall``, runs
 (``nodes.tools.run_tool``: timeout, errors as results, cancelled with the turn),
 yields ``ToolResult``, and its result goes into the next round's prompt.
