@@ -131,6 +131,8 @@ networkx==3.6.1
 ninja==1.13.2
 numba==0.65.0
 numpy==2.3.5
+ml-dtypes==0.7.0
+onnx==1.23.2
 onnxruntime==1.32.0
 openai==3.54.0
 opencv-python-headless==5.0.0.93
