@@ -3,7 +3,8 @@
 The input is read according to the chain's input type: a ``.wav`` becomes 20 ms
 ``AudioFrame``s, a ``.json`` is decoded into the declared type, any other file is
 text (a ``Text`` value, or one item per line for a stream input). Outputs print as
-they arrive; audio outputs are written to ``--output`` as a wav file; per-stage
+they arrive, and a chat's tool calls and their results one line each (what the
+model asked for and what it got back explain its answer); audio outputs are written to ``--output`` as a wav file; per-stage
 figures print at the end: the time from the input to the first and to the last
 output as measured here, and the runtime's teardown apart.
 """
@@ -19,7 +20,17 @@ import msgspec
 
 from chains.audio import read_wav_frames, write_wav_frames
 from chains.errors import ChainError
-from chains.messages import AudioFrame, Embedding, Entities, ErrorEvent, Text, TextDelta, Utterance
+from chains.messages import (
+    AudioFrame,
+    Embedding,
+    Entities,
+    ErrorEvent,
+    Text,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+    Utterance,
+)
 from chains.node import Chain
 
 _clock = time.monotonic  # what run_file times with (a test steps a fake one)
@@ -68,6 +79,15 @@ def describe(value: Any) -> str:
         return repr(value)
 
 
+def describe_tool(ev: ToolCall | ToolResult) -> str:
+    """One line for a tool call or its result."""
+    if isinstance(ev, ToolCall):
+        return f"tool call {ev.id}: {ev.name}({msgspec.json.encode(ev.args).decode()})"
+    if ev.error is not None:
+        return f"tool error {ev.id}: {ev.name} ({ev.code or 'tool_error'}): {ev.error}"
+    return f"tool result {ev.id}: {ev.name} -> {describe(ev.result)} ({ev.elapsed_ms:.0f} ms)"
+
+
 async def run_file(
     chain: Chain,
     input_path: Path,
@@ -94,6 +114,12 @@ async def run_file(
                 ev: ErrorEvent = o.value
                 failures += 1
                 print(f"\nerror in node {ev.node!r} ({ev.code}): {ev.message}", file=err or sys.stderr)
+                continue
+            if isinstance(o.value, ToolCall | ToolResult):
+                if streaming_text is not None:
+                    print(file=out)
+                    streaming_text = None
+                print(describe_tool(o.value), file=out, flush=True)
                 continue
             if o.is_event or o.is_interim:
                 continue  # control events; words heard so far (the final transcript follows)
