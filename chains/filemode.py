@@ -4,9 +4,9 @@ The input is read according to the chain's input type: a ``.wav`` becomes 20 ms
 ``AudioFrame``s, a ``.json`` is decoded into the declared type, any other file is
 text (a ``Text`` value, or one item per line for a stream input). Outputs print as
 they arrive, and a chat's tool calls and their results one line each (what the
-model asked for and what it got back explain its answer); audio outputs are written to ``--output`` as a wav file; per-stage
-figures print at the end: the time from the input to the first and to the last
-output as measured here, and the runtime's teardown apart.
+model asked for and what it got back explain its answer); audio outputs are
+written to ``--output`` as a wav file; per-stage figures print at the end: the
+time from the input to the first and to the last output as measured here, and the runtime's teardown apart.
 """
 
 from __future__ import annotations
