@@ -6,7 +6,17 @@ a miss; interim transcripts go out with ``final: false`` and do not split turns.
 
 from __future__ import annotations
 
-from chains import AudioFrame, ConfirmTurn, Interrupt, SpeculativeTurn, SpeechStarted, Text, TextDelta
+from chains import (
+    AudioFrame,
+    ConfirmTurn,
+    EndOfTurn,
+    Interrupt,
+    SpeculativeTurn,
+    SpeechStarted,
+    Text,
+    TextDelta,
+)
+from nodes.heard import Preempted
 from nodes.turn import ABANDONED, Interim, TurnTiming
 from transport.outputs import OutputMapper
 from transport.protocol import Metrics, Transcript, decode_server, encode
@@ -99,3 +109,35 @@ def test_a_plain_chain_told_it_is_voice_gets_the_same_metrics_as_before() -> Non
     (met,) = metrics_of(out)
     assert met.first_text_ms == 250.0 and met.breakdown is None
     assert b"breakdown" not in encode(met) and b"speculative" not in encode(met)
+
+
+def test_preemption_hits_and_misses_count_in_the_turn_they_judged() -> None:
+    m = OutputMapper(16000)
+    out: list = []
+    o = 10.0
+    # turn 1: started from the interim words, the final words differed: redone (a miss)
+    out += m.map("events", TurnTiming(silence_ms=160), o, 1, 10.16)
+    out += m.map("events", SpeculativeTurn(reason="first silence"), o, 2, 10.16)
+    out += m.map("events", Preempted(hit=False, interim="What is the", final="What is the time"), o, 2, 10.4)
+    out += m.map("events", Interrupt(reason=ABANDONED), o, 2, 10.4)
+    out += m.map("events", SpeculativeTurn(reason="final transcript differs"), o, 3, 10.4)
+    out += m.map("transcript", Text(text="What is the time"), o, 3, 10.6)
+    out += m.map("reply", TextDelta(text="Noon."), o, 3, 10.6)
+    out += m.map("events", ConfirmTurn(), o, 3, 10.6)
+    out += m.map("events", EndOfTurn(), o, 3, 10.8)
+    # turn 2: the interim words were the final ones (a hit), its held outputs go out after
+    o = 20.0
+    out += m.map("events", TurnTiming(silence_ms=160), o, 3, 20.16)
+    out += m.map("events", SpeculativeTurn(reason="first silence"), o, 4, 20.16)
+    out += m.map("events", Preempted(hit=True, interim="Thanks", final="Thanks"), o, 4, 20.3)
+    out += m.map("transcript", Text(text="Thanks"), o, 4, 20.5)
+    out += m.map("reply", TextDelta(text="Welcome."), o, 4, 20.5)
+    out += m.map("events", ConfirmTurn(), o, 4, 20.5)
+    # turn 3: no preemptive start at all
+    out += m.map("transcript", Text(text="Bye"), 30.0, 5, 30.5)
+    out += m.map("reply", TextDelta(text="Bye."), 30.0, 5, 30.5)
+    out += m.close_turn(31.0)
+    mets = metrics_of(out)
+    assert [(x.preempt_hits, x.preempt_misses) for x in mets] == [(0, 1), (1, 0), (0, 0)]
+    assert decode_server(encode(mets[0])) == mets[0]  # the client decodes the new fields
+    assert decode_server(encode(mets[1])).preempt_hits == 1

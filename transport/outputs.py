@@ -25,7 +25,9 @@ nor closes a turn. A control event with a ``silence_ms`` field (the VAD's
 before it, and decides the end of the turn when its ``end_of_turn`` is true; a
 ``ConfirmTurn`` decides it for a speculative turn (counted as a hit), and an
 ``Interrupt`` with reason ``speculation_abandoned`` counts a miss (its turn never
-had outputs: nothing to close). These marks are gathered until the next turn opens
+had outputs: nothing to close). A ``Preempted`` verdict (nodes/turn.py; known here by
+its name and ``hit`` field, the transport does not import nodes) counts a preemption
+hit or miss for the turn it judged. These marks are gathered until the next turn opens
 and go into its ``metrics``.
 """
 
@@ -53,6 +55,7 @@ from transport.protocol import Error, Event, Metrics, OutputMsg, TextOut, Transc
 
 Outgoing = bytes | msgspec.Struct
 ABANDONED = "speculation_abandoned"  # an Interrupt's reason when a speculative turn is dropped
+PREEMPTED = "preempted"  # the event_name of nodes.turn's verdict on a preemptive start
 
 
 def event_name(ev: Any) -> str:
@@ -63,12 +66,13 @@ def event_name(ev: Any) -> str:
 class _Marks:
     """Voice timing of one user turn, gathered from events before its outputs."""
 
-    __slots__ = ("end_of_turn", "hits", "interim", "misses", "speech_end")
+    __slots__ = ("end_of_turn", "hits", "interim", "misses", "pre_hits", "pre_misses", "speech_end")
 
     def __init__(self) -> None:
         self.speech_end: float | None = None
         self.end_of_turn: float | None = None
         self.hits = self.misses = self.interim = 0
+        self.pre_hits = self.pre_misses = 0
 
 
 class _Turn:
@@ -170,6 +174,15 @@ class OutputMapper:
             self._marks.speech_end = now - silence / 1000.0
             if getattr(ev, "end_of_turn", False):
                 self._marks.end_of_turn = now
+        elif event_name(ev) == PREEMPTED and isinstance(getattr(ev, "hit", None), bool):
+            # a hit judges the turn started from the interim words (open now, or held);
+            # a miss, the turn it was redone as (not opened yet)
+            turn = self._turn
+            marks = turn.marks if turn is not None and turn.epoch == epoch else self._marks
+            if ev.hit:  # type: ignore[attr-defined]
+                marks.pre_hits += 1
+            else:
+                marks.pre_misses += 1
         elif isinstance(ev, ConfirmTurn):
             # its held outputs went out just before it: they opened the turn it confirms
             turn = self._turn
@@ -226,6 +239,8 @@ class OutputMapper:
                 speculative_hits=m.hits,
                 speculative_misses=m.misses,
                 interim_transcripts=m.interim,
+                preempt_hits=m.pre_hits,
+                preempt_misses=m.pre_misses,
             )
         ]
 

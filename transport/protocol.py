@@ -85,7 +85,10 @@ class Metrics(msgspec.Struct, tag="metrics", tag_field="type", frozen=True, kw_o
     first reply text) and ``first_audio``. ``speculative_hits`` is 1 when the turn was
     a confirmed speculative turn, ``speculative_misses`` counts the speculative turns
     abandoned while the user spoke it (the user went on after a pause), and
-    ``interim_transcripts`` the interim transcripts sent while they spoke."""
+    ``interim_transcripts`` the interim transcripts sent while they spoke.
+    ``preempt_hits`` / ``preempt_misses`` count the verdicts on replies started from
+    an interim transcript (``Preempted``, nodes/turn.py): a hit when the final words
+    were the same, a miss when the turn was redone from the final words."""
 
     turn: int
     first_transcript_ms: float | None = None
@@ -99,6 +102,8 @@ class Metrics(msgspec.Struct, tag="metrics", tag_field="type", frozen=True, kw_o
     speculative_hits: int = 0
     speculative_misses: int = 0
     interim_transcripts: int = 0
+    preempt_hits: int = 0
+    preempt_misses: int = 0
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
