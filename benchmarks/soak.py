@@ -369,6 +369,7 @@ async def amain(a: Any) -> dict[str, Any]:
     }
     if a.mode in ("all", "density"):
         out["density"] = await density(a, speech, script, env)
+        write_json(a.details, out)  # now: a failure in the soak must not lose the density
     if a.mode in ("all", "soak"):
         soak_script = replace(script, turns=a.soak_turns)
         out["soak"] = await churn(a, speech, soak_script, {**env, "FAKEVOICE_REPLY": a.soak_reply})
