@@ -179,7 +179,7 @@ class OutputMapper:
             # a miss, the turn it was redone as (not opened yet)
             turn = self._turn
             marks = turn.marks if turn is not None and turn.epoch == epoch else self._marks
-            if ev.hit:  # type: ignore[attr-defined]
+            if ev.hit:
                 marks.pre_hits += 1
             else:
                 marks.pre_misses += 1

@@ -6,6 +6,11 @@ holds, how an assistant item is cut at a truncate, and what JSON each object is,
 kept here, testable without a socket. An assistant item keeps the ``SpokenTrack`` of
 its audio (runtime/heard.py), so a truncate at ``audio_end_ms`` cuts its transcript to
 the words played by then.
+
+A chat's tool call is a ``function_call`` item among the response's outputs (before
+the reply's message item, which is announced only when the reply's first words or
+audio come), and the tool's result a ``function_call_output`` item in the
+conversation: the tool runs here, on the server, so the client only sees both.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ class Item:
     def __init__(self, role: str, *, kind: str, item_id: str | None = None, epoch: int | None = None):
         self.id = item_id or new_id("item")
         self.role = role
-        self.kind = kind  # input_audio | input_text | output_audio
+        self.kind = kind  # input_audio | input_text | output_audio | function_call | function_call_output
         self.epoch = epoch  # the chain turn an assistant item was generated in
         self.status = "in_progress" if role == "assistant" else "completed"
         self.text = ""  # transcript (audio) or text
         self.track: SpokenTrack | None = None  # an assistant item's spoken audio
         self.sent_ms = 0.0
         self.truncated_ms: float | None = None
+        self.name = self.call_id = self.arguments = self.output = ""  # tool items
 
     def cut(self, audio_end_ms: float) -> float:
         """Cut an assistant item at ``audio_end_ms`` (clamped to the audio sent): its
@@ -50,6 +56,11 @@ class Item:
         return end
 
     def json(self) -> dict[str, Any]:
+        head = {"id": self.id, "object": "realtime.item", "type": self.kind, "status": self.status}
+        if self.kind == "function_call":
+            return {**head, "name": self.name, "call_id": self.call_id, "arguments": self.arguments}
+        if self.kind == "function_call_output":
+            return {**head, "call_id": self.call_id, "output": self.output}
         key = "text" if self.kind == "input_text" else "transcript"
         return {
             "id": self.id,
@@ -62,15 +73,25 @@ class Item:
 
 
 class Response:
-    """One response: its assistant item, the turn it answers, and how it ended."""
+    """One response: its output items (tool calls, then the assistant message ``item``
+    once announced), the turn it answers, and how it ended."""
 
     def __init__(self, epoch: int, item: Item):
         self.id = new_id("resp")
         self.epoch = epoch
         self.item = item
+        self.outputs: list[Item] = []
         self.status = "in_progress"
         self.reply = ""  # the LLM's text as generated
         self.text_done = False
+
+    @property
+    def announced(self) -> bool:
+        """Whether the message item is among the outputs (its words or audio came)."""
+        return self.item in self.outputs
+
+    def index(self, item: Item) -> int:
+        return self.outputs.index(item)
 
     def json(self) -> dict[str, Any]:
         return {
@@ -80,7 +101,7 @@ class Response:
             "status_details": (
                 {"type": "cancelled", "reason": "turn_detected"} if self.status == "cancelled" else None
             ),
-            "output": [self.item.json()],
+            "output": [i.json() for i in self.outputs],
             "output_modalities": ["audio"],
             "conversation_id": "conv_default",
         }

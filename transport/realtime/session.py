@@ -38,12 +38,15 @@ from chains.messages import (
     SpeechStarted,
     Text,
     TextDelta,
+    ToolCall,
+    ToolResult,
 )
 from chains.outputs import ERROR, EVENTS, TRANSCRIPT
 from transport.pacing import DEFAULT_LEAD_MS, Pacer
 from transport.peer import Gone, Socket
 from transport.realtime.codec import Codec
 from transport.realtime.conversation import Conversation, Item, Response, new_id
+from transport.realtime.tools import tool_call, tool_result
 
 _ALNUM = re.compile(r"\W+")
 
@@ -168,7 +171,7 @@ class RealtimeSession:
                 err = {"type": "server_error", "code": "node_error", "message": str(value)}
             await self.emit("error", error=err)
         elif name == EVENTS:
-            await self._event(value)
+            await self._event(value, epoch)
         elif name == TRANSCRIPT:
             if isinstance(value, Text | TextDelta) and not (isinstance(value, TextDelta) and not value.final):
                 await self.user_said(value.text, self.awaiting.pop(0) if self.awaiting else None)
@@ -188,8 +191,12 @@ class RealtimeSession:
                 resp.text_done = True
                 await self._maybe_done(resp)
 
-    async def _event(self, ev: Any) -> None:
-        if isinstance(ev, SpeechStarted):
+    async def _event(self, ev: Any, epoch: int) -> None:
+        if isinstance(ev, ToolCall):
+            await tool_call(self, ev, epoch)
+        elif isinstance(ev, ToolResult):
+            await tool_result(self, ev, epoch)
+        elif isinstance(ev, SpeechStarted):
             self.user_item = Item("user", kind="input_audio")
             self.stopped_sent = False
             await self.emit(
@@ -232,23 +239,29 @@ class RealtimeSession:
             usage={"type": "duration", "seconds": 0},
         )
 
-    async def open_response(self, epoch: int) -> Response | None:
-        """The response of chain turn ``epoch`` (opened on its first output); None for
-        output of a turn already cut."""
+    async def open_response(self, epoch: int, message: bool = True) -> Response | None:
+        """The response of chain turn ``epoch`` (opened on its first output), with its
+        message item announced unless ``message`` is false (a tool call comes first);
+        None for output of a turn already cut."""
         if epoch != self.sess.epoch:
             return None
-        if self.resp is not None and self.resp.epoch == epoch:
-            return self.resp
-        if epoch in self.by_epoch:
-            return None  # that turn's response is over
-        await self.finish_response()
-        item = Item("assistant", kind="output_audio", epoch=epoch)
-        resp = self.resp = Response(epoch, item)
-        self.by_epoch[epoch] = item
+        resp = self.resp if self.resp is not None and self.resp.epoch == epoch else None
+        if resp is None:
+            if epoch in self.by_epoch:
+                return None  # that turn's response is over
+            await self.finish_response()
+            resp = self.resp = Response(epoch, Item("assistant", kind="output_audio", epoch=epoch))
+            self.by_epoch[epoch] = resp.item
+            await self.emit("response.created", response=resp.json())
+        if not message or resp.announced:
+            return resp
+        item = resp.item
+        resp.outputs.append(item)
         prev = self.conv.add(item)
-        await self.emit("response.created", response={**resp.json(), "output": []})
         await self.emit("conversation.item.added", item=item.json(), previous_item_id=prev)
-        await self.emit("response.output_item.added", response_id=resp.id, output_index=0, item=item.json())
+        await self.emit(
+            "response.output_item.added", response_id=resp.id, output_index=resp.index(item), item=item.json()
+        )
         await self.emit(
             "response.content_part.added",
             **self._where(resp),
@@ -258,7 +271,12 @@ class RealtimeSession:
 
     @staticmethod
     def _where(resp: Response) -> dict[str, Any]:
-        return {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+        return {
+            "response_id": resp.id,
+            "item_id": resp.item.id,
+            "output_index": resp.index(resp.item),
+            "content_index": 0,
+        }
 
     async def audio(self, frame: AudioFrame, epoch: int) -> None:
         resp = await self.open_response(epoch)
@@ -320,7 +338,8 @@ class RealtimeSession:
             resp.status = "cancelled"
             for ev in _closing(resp):
                 self._outbox.append({"event_id": new_id("event"), **ev})
-        self.later("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=int(end))
+        if resp is None or resp.announced:  # (an item never shown is not truncated)
+            self.later("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=int(end))
 
 
 def error_event(err: dict[str, Any]) -> str:
@@ -329,13 +348,21 @@ def error_event(err: dict[str, Any]) -> str:
 
 
 def _closing(resp: Response) -> list[dict[str, Any]]:
+    """The closing events of the message item (if it was announced) and ``response.done``."""
     item = resp.item
-    where = {"response_id": resp.id, "item_id": item.id, "output_index": 0, "content_index": 0}
+    if not resp.announced:
+        return [{"type": "response.done", "response": resp.json()}]
+    where = {"response_id": resp.id, "item_id": item.id, "output_index": resp.index(item), "content_index": 0}
     return [
         {"type": "response.output_audio.done", **where},
         {"type": "response.output_audio_transcript.done", **where, "transcript": item.text},
         {"type": "response.content_part.done", **where, "part": {"type": "audio", "transcript": item.text}},
-        {"type": "response.output_item.done", "response_id": resp.id, "output_index": 0, "item": item.json()},
+        {
+            "type": "response.output_item.done",
+            "response_id": resp.id,
+            "output_index": resp.index(item),
+            "item": item.json(),
+        },
         {"type": "conversation.item.done", "item": item.json()},
         {"type": "response.done", "response": resp.json()},
     ]
