@@ -333,3 +333,25 @@ async def test_an_oversized_message_is_refused_without_decoding_it() -> None:
         done = await ws.until("response.done")
     assert err["error"]["code"] == "message_too_large"
     assert done["response"]["status"] == "completed"
+
+
+@pytest.mark.parametrize("knob", ["create_response", "interrupt_response"])
+async def test_a_vad_knob_the_chain_cannot_honour_is_refused_naming_it(knob: str) -> None:
+    PROMPTS.clear()
+    async with realtime() as ws:
+        vad = {"type": "server_vad", knob: False}
+        update = {"instructions": "Answer like a pirate.", "audio": {"input": {"turn_detection": vad}}}
+        await ws.put({"type": "session.update", "event_id": "ev_1", "session": update})
+        err = (await ws.until("error"))["error"]
+        assert err["param"] == f"session.audio.input.turn_detection.{knob}"
+        assert err["event_id"] == "ev_1" and "not supported" in err["message"]
+        assert "turn_detection null" in err["message"]  # what to do instead
+        # nothing of the update applied: the VAD still answers, without the instructions
+        await say(ws, 4)
+        await ws.until("response.done")
+        # the knob left true is accepted
+        vad = {"type": "server_vad", knob: True}
+        await ws.put({"type": "session.update", "session": {"audio": {"input": {"turn_detection": vad}}}})
+        updated = await ws.until("session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"] == vad
+    assert not PROMPTS[-1].startswith("system: Answer like a pirate.")

@@ -9,7 +9,13 @@ Turns: with ``server_vad`` (the default) the chain's own VAD finds the turns in 
 appended audio, and its knobs are handed to the session's nodes (``meta["turn_detection"]``).
 With ``turn_detection: null`` the audio is held here until ``commit`` (a user item),
 and ``response.create`` feeds the committed audio to the chain, followed by enough
-silence for its VAD to close the turn.
+silence for its VAD to close the turn. ``server_vad``'s ``create_response: false``
+and ``interrupt_response: false`` are refused (an ``error`` naming the field, the
+update not applied) rather than ignored: the chain's own VAD ends the turn and its
+chat answers at once, and the same VAD interrupts the reply when the user speaks, so
+this adapter can neither hold a reply until ``response.create`` (the chat would have
+answered before items created in between) nor keep one going over the user's
+speech. A client that starts replies itself uses ``turn_detection: null``.
 
 Items: a text message the client creates goes into the chat node's history at the
 chain's next turn (``chains.history.add_message``), a system message into the
@@ -32,6 +38,13 @@ from transport.realtime.session import RealtimeSession, set_instructions
 
 FRAME_MS = 40  # committed audio goes to the chain in frames of this length
 TRAILING_SILENCE_MS = 1500  # after committed audio: the VAD's longest end-of-turn wait and some
+# server_vad knobs that cannot be false here, and why (the chain's own VAD decides)
+_CHAIN_DECIDES = {
+    "create_response": "the chain's VAD ends the turn and its chat starts the reply at once; "
+    "it cannot hold a reply until response.create",
+    "interrupt_response": "the chain's VAD interrupts the reply as soon as the user speaks; "
+    "it cannot let a reply go on over the user's speech",
+}
 
 
 class ClientSide:
@@ -140,6 +153,17 @@ class ClientSide:
                     "session.audio.input.turn_detection.type",
                 )
                 return
+            for knob, does in _CHAIN_DECIDES.items():
+                if td is not None and getattr(td, knob) is False:
+                    await s.error(
+                        "invalid_value",
+                        f"turn_detection.{knob} false is not supported: {does} (use turn_detection "
+                        "null, then input_audio_buffer.commit and response.create, to start replies "
+                        "yourself)",
+                        e.event_id,
+                        f"session.audio.input.turn_detection.{knob}",
+                    )
+                    return
             turn = (
                 None if td is None else {k: v for k, v in msgspec.structs.asdict(td).items() if v is not None}
             )
