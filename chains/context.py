@@ -18,7 +18,7 @@ class NodeContext:
     private to this (session, node) pair (``state``), and the session's settings
     shared by every node (``meta``: e.g. ``output_sample_rate`` a client asked for)."""
 
-    __slots__ = ("_epoch", "cached_tokens", "deadline", "meta", "node", "session_id", "state")
+    __slots__ = ("_epoch", "cached_tokens", "meta", "node", "session_id", "state")
 
     def __init__(
         self,
@@ -33,9 +33,8 @@ class NodeContext:
         self.state = state
         self._epoch = epoch
         self.meta = meta if meta is not None else {}
-        # time.monotonic() by which the item being served is due at this node (inf: no
-        # budget); set by the runtime per item for maps, so a remote stage can forward it
-        self.deadline = float("inf")
+        # (An item's deadline is not here: it travels in the replica call's Request,
+        # runtime/envelope.py, so it crosses a process boundary with the item.)
         # An LLM node that learns how many prompt tokens its engine served from the KV
         # cache for the item in hand sets this (vLLM's ``num_cached_tokens``); the runtime
         # reads it after the call to check its prefix-aware router's prediction.

@@ -18,6 +18,7 @@ from chains.errors import NodeError
 from runtime.admission import Admission
 from runtime.batcher import Batcher, BatchItem, fail_future
 from runtime.costmodel import CostModel
+from runtime.envelope import Reply, Request
 from runtime.limiter import DeadlineLimiter
 from runtime.metrics import StageMetrics
 
@@ -34,9 +35,9 @@ class BatchStage(Protocol):
     cost: CostModel
     log: Any
 
-    async def call(self, args: tuple[Any, ...], deadline: float, route: Any, count: int = 1) -> Any: ...
+    async def call(self, req: Request, count: int = 1) -> Reply: ...
 
-    async def attempt(self, args: tuple[Any, ...], route: Any, count: int = 1) -> Any: ...
+    async def attempt(self, req: Request, count: int = 1) -> Reply: ...
 
     def failed(self, exc: BaseException, count: int = 1) -> NodeError: ...
 
@@ -75,7 +76,8 @@ async def _run_batch(self: BatchStage, batch: list[BatchItem]) -> None:
         # A failed batch counts no error by itself: its items are failed (and counted)
         # one by one, or served alone so that only the bad ones fail.
         try:
-            results = await self.call((payloads,), batch[0].deadline, None, count=0)
+            # A batch spans sessions: its request names none (a batched node keeps no session state).
+            results = (await self.call(Request((payloads,), "", 0, batch[0].deadline), count=0)).value
             if not isinstance(results, list | tuple) or len(results) != len(batch):
                 got = len(results) if isinstance(results, list | tuple) else type(results).__name__
                 raise NodeError(self.name, f"returned {got} results for a batch of {len(batch)}")
@@ -113,7 +115,7 @@ async def _isolate(self: BatchStage, batch: list[BatchItem]) -> None:
             continue
         try:
             t0 = _mono()
-            res = await self.attempt(([it.payload],), None)
+            res = (await self.attempt(Request(([it.payload],), "", 0, it.deadline))).value
             if not isinstance(res, list | tuple) or len(res) != 1:
                 raise self.failed(NodeError(self.name, f"returned {res!r:.60} for a batch of 1"))
         except Exception as e:

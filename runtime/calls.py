@@ -26,6 +26,7 @@ from chains.graph import Graph
 from chains.messages import Control
 from chains.spec import Shape
 from runtime.batcher import StaleItem
+from runtime.envelope import Request
 from runtime.metrics import ChainMetrics
 from runtime.stage import Stage
 
@@ -133,12 +134,10 @@ class DirectCalls:
         if any(a is None for a in args):
             return None  # an input was filtered out upstream: this node never runs
         stage = self.rt.stages[i]
-        d = stage.deadline(deadline, _mono())
-        ctx = NodeContext(sid, stage.name, {}, _epoch0)
-        ctx.deadline = d
-        token = set_context(ctx)
+        req = Request(args, sid, 0, stage.deadline(deadline, _mono()), stage.route(sid, args))
+        token = set_context(NodeContext(sid, stage.name, {}, _epoch0))
         try:
-            result = await stage.serve(args, d, stage.route(sid, args))
+            result = await stage.serve(req)
         except StaleItem:
             return None
         finally:

@@ -27,3 +27,43 @@ class Usage(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     ``num_cached_tokens``), which a prefix-aware router checks its prediction against."""
 
     cached_tokens: int | None = None
+
+
+class Request:
+    """One item going to a replica, the same in process, over a remote link and on Ray:
+    its arguments, the session and turn epoch it belongs to, its deadline at this node
+    (``time.monotonic()``; inf: none), computed once (``deadline_at``), and what the
+    router sees of it (``route``, or None). A plain slotted object, not a Struct: a
+    map's runner builds one per task and refills it per item (benchmarks/overhead.py)."""
+
+    __slots__ = ("args", "deadline", "epoch", "route", "session")
+
+    def __init__(self, args: tuple[Any, ...], session: str, epoch: int, deadline: float, route: Any = None):
+        self.args = args
+        self.session = session
+        self.epoch = epoch
+        self.deadline = deadline
+        self.route = route
+
+
+class Reply:
+    """What a replica answers for one item: its value (for a streaming map, the outputs
+    went by as they came and ``value`` is None) and what serving it used (``usage``,
+    such as an LLM engine's cached prompt tokens), carried back across the wire."""
+
+    __slots__ = ("usage", "value")
+
+    def __init__(self, value: Any = None, usage: Usage | None = None):
+        self.value = value
+        self.usage = usage
+
+
+def deadline_at(chain_deadline: float, downstream_s: float, budget_s: float | None, now: float) -> float:
+    """The one place an item's deadline at a node is computed: the chain's deadline less
+    what the nodes after this one need, tightened by the node's own budget from ``now``.
+    The runtime calls it once per item per node; a remote host gets the caller's result
+    as the time left (``budget_ms``) and tightens it by its own budget the same way."""
+    d = chain_deadline - downstream_s
+    if budget_s is not None and now + budget_s < d:
+        d = now + budget_s
+    return d

@@ -17,13 +17,12 @@ from typing import Any, Protocol
 import anyio
 from anyio import EndOfStream, WouldBlock
 
-from chains.context import context
 from chains.graph import GraphNode
 from chains.messages import Control
 from chains.streams import Stream
 from runtime.batcher import StaleItem
 from runtime.channels import edge, fan_out
-from runtime.envelope import Envelope
+from runtime.envelope import Envelope, Request, deadline_at
 from runtime.stage import Stage
 
 _mono = time.monotonic
@@ -93,13 +92,14 @@ async def emit(sess: SessionPort, result: Any, meta: Envelope, senders: list[Any
 
 async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any], streaming: bool) -> None:
     """A map with one input: each item served on the stage as it comes."""
-    ctx = context()  # set by the session for this task
     m = stage.metrics
     node_budget = stage.budget_s
+    downstream = stage.downstream_s
     sid = sess.id
     rs = stage.replicas
     serve = stage.serve
     live = _Live(sess, sess.epoch)  # one per turn, not one per item
+    req = Request((), sid, sess.epoch, float("inf"))
     learns = rs.router_learns
     # The hot path of every pass-through hop: next_live's receive and the epoch check
     # are inlined here on purpose (a call per item shows in benchmarks/overhead.py).
@@ -116,21 +116,22 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
         if env.epoch != sess.epoch:
             m.stale += 1
             continue
-        deadline = env.deadline - stage.downstream_s
-        if node_budget is not None:
-            now = _mono()
-            if now + node_budget < deadline:
-                deadline = now + node_budget
-        ctx.deadline = deadline
         args = (env.payload,)
+        deadline = deadline_at(env.deadline, downstream, node_budget, _mono())
         if streaming:
-            await stream_call(sess, stage, args, env, senders, deadline)
+            await stream_call(
+                sess, stage, Request(args, sid, env.epoch, deadline, stage.route(sid, args)), env, senders
+            )
             continue
         if live.epoch != env.epoch:
             live = _Live(sess, env.epoch)
+        # One request per task, refilled per item: serve() is awaited before the next.
+        req.args = args
+        req.epoch = env.epoch
+        req.deadline = deadline
+        req.route = stage.route(sid, args) if learns or len(rs.ready) > 1 else None
         try:
-            route = stage.route(sid, args) if learns or len(rs.ready) > 1 else None
-            result = await serve(args, deadline, route, live)
+            result = await serve(req, live)
         except StaleItem:
             continue
         except Exception as e:
@@ -155,16 +156,15 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
 async def stream_call(
     sess: SessionPort,
     stage: Stage,
-    args: tuple[Any, ...],
+    req: Request,
     meta: Envelope,
     senders: list[Any],
-    deadline: float,
 ) -> None:
     """One streaming-map call; an interrupt of its turn cancels it."""
     with anyio.CancelScope() as scope:
         sess.inflight.add(scope)
         try:
-            agen = stage.serve_stream(args, deadline, stage.route(sess.id, args))
+            agen = stage.serve_stream(req)
             async with contextlib.aclosing(agen):
                 async for out in agen:
                     if meta.epoch != sess.epoch:
@@ -205,16 +205,19 @@ async def run_map_n(
                 last = env
         assert last is not None
         meta = Envelope(None, last.seq, last.origin, last.deadline, sess.epoch)
-        deadline = stage.deadline(meta.deadline, _mono())
-        context().deadline = deadline
         call_args = tuple(args)
+        req = Request(
+            call_args,
+            sess.id,
+            meta.epoch,
+            stage.deadline(meta.deadline, _mono()),
+            stage.route(sess.id, call_args),
+        )
         if streaming:
-            await stream_call(sess, stage, call_args, meta, senders, deadline)
+            await stream_call(sess, stage, req, meta, senders)
         else:
             try:
-                result = await stage.serve(
-                    call_args, deadline, stage.route(sess.id, call_args), _Live(sess, meta.epoch)
-                )
+                result = await stage.serve(req, _Live(sess, meta.epoch))
             except StaleItem:
                 result = None
             except Exception as e:

@@ -42,6 +42,7 @@ from runtime.admission import Admission, Shed
 from runtime.batcher import Batcher, BatchItem, Policy, StaleItem, fail_future
 from runtime.batches import run_batcher
 from runtime.costmodel import CostModel
+from runtime.envelope import Reply, Request, Usage, deadline_at
 from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
 from runtime.metrics import StageMetrics
@@ -78,6 +79,7 @@ class Stage:
         provider = replicas.provider
         # Replicas elsewhere (a remote host, a Ray actor) are called through an async link,
         # as many calls at once as the link's credits allow, and batch where they run.
+        self.local = provider.local  # False: a replica elsewhere, called with the Request
         self.is_async = self.spec.is_async or not provider.local
         self.concurrency = provider.concurrency or self.spec.concurrency
         # An async map with no timeout and no retries is awaited directly: the hot path.
@@ -121,10 +123,7 @@ class Stage:
     # --- deadlines ------------------------------------------------------------------
     def deadline(self, chain_deadline: float, now: float) -> float:
         """The tighter of the chain's and the node's budgets, less downstream needs."""
-        d = chain_deadline - self.downstream_s
-        if self.budget_s is not None:
-            d = min(d, now + self.budget_s)
-        return d
+        return deadline_at(chain_deadline, self.downstream_s, self.budget_s, now)
 
     def expected_service_s(self) -> float:
         if self.batcher is not None:
@@ -143,17 +142,18 @@ class Stage:
 
     # --- serving one item -----------------------------------------------------------
     async def serve(
-        self,
-        args: tuple[Any, ...],
-        deadline: float,
-        route: Route | None = None,
-        alive: Callable[[], bool] | None = None,
+        self, req: Request, alive: Callable[[], bool] | None = None, reply: Reply | None = None
     ) -> Any:
-        """Serve one item on a map or batched map and return its result.
+        """Serve one item (``req``: its arguments, session, epoch, deadline, route) on a
+        map or batched map and return its result; what serving it used goes in ``reply``
+        when one is given (a host answering a remote caller).
 
         Raises ``NodeError`` (``Shed``, ``ReplicaLost``, ``NoReplica``, a timeout, the
         node's own failure), or ``StaleItem`` when ``alive()`` turned False while it
         waited (its turn was interrupted or its session ended)."""
+        args = req.args
+        deadline = req.deadline
+        route = req.route
         if self.batcher is not None:
             return await self.submit(args[0], deadline, alive or _always)
         # The admission slot's fast paths (Admission.try_admit/release/served), inlined:
@@ -165,6 +165,7 @@ class Stage:
             t0 = _mono()
         else:
             t0 = await slot.admit(deadline, alive)
+        usage = None
         try:
             if self.fast:
                 rs = self.replicas
@@ -175,7 +176,11 @@ class Stage:
                 else:
                     r = rs.acquire(route)
                 try:
-                    result = await r.instance(*args)
+                    if self.local:
+                        result = await r.instance(*args)
+                    else:  # a replica elsewhere takes the whole request, answers a Reply
+                        reply = await r.instance.serve(req)
+                        result, usage = reply.value, reply.usage
                 except Exception as e:
                     raise self._failed(r, e) from e
                 finally:
@@ -183,7 +188,8 @@ class Stage:
                     if r.state != "ready":
                         rs.released_unready(r)
             else:
-                result = await self.call(args, deadline, route)
+                reply = await self.call(req)
+                result, usage = reply.value, reply.usage
         finally:
             if lim._waiters or lim.in_use > lim.capacity:
                 lim.release()
@@ -196,19 +202,25 @@ class Stage:
         m.consecutive_errors = 0
         if t1 > deadline:
             m.late += 1
-        if route is not None and route.predicted_cached is not None:
-            self._cached_from_context(route)  # a prefix-routed map (an LLM extractor)
+        if reply is not None or (route is not None and route.predicted_cached is not None):
+            self._used(route, usage, reply)  # a prefix-routed map (an LLM extractor), a host
         return result
 
-    def _cached_from_context(self, route: Route) -> None:
-        ctx = current_context()
-        if ctx is not None and ctx.cached_tokens is not None:
-            cached, ctx.cached_tokens = ctx.cached_tokens, None
-            self._observe_cache(route, cached)
+    def _used(self, route: Route | None, usage: Usage | None, reply: Reply | None) -> None:
+        """What serving the item used: from the reply of a replica elsewhere, or from the
+        local node's report (an LLM engine's cached tokens: the one thing a node in this
+        process tells through its context, taken and cleared here), checked against the
+        router's prediction and handed on in ``reply``."""
+        if usage is None and self.local:
+            ctx = current_context()
+            if ctx is not None and ctx.cached_tokens is not None:
+                usage, ctx.cached_tokens = Usage(ctx.cached_tokens), None
+        if reply is not None:
+            reply.usage = usage
+        if route is not None and usage is not None and usage.cached_tokens is not None:
+            self._observe_cache(route, usage.cached_tokens)
 
-    async def serve_stream(
-        self, args: tuple[Any, ...], deadline: float, route: Route | None = None
-    ) -> AsyncGenerator[Any, None]:
+    async def serve_stream(self, req: Request, reply: Reply | None = None) -> AsyncGenerator[Any, None]:
         """Serve one item on a streaming map: its outputs as they are produced.
 
         Use it with ``contextlib.aclosing``: closing it early (an interrupt) closes the
@@ -216,6 +228,8 @@ class Stage:
         finished or interrupted call is an item, a failed one an error."""
         m = self.metrics
         slot = self.slot
+        deadline = req.deadline
+        route = req.route
         t0 = await slot.admit(deadline)
         try:
             r = self.replicas.acquire(route)
@@ -225,12 +239,13 @@ class Stage:
                 raise self._failed(None, e) from e
             raise
         first = True
-        ctx = current_context() if route is not None else None
+        ctx = current_context() if self.local else None
         if ctx is not None:
             ctx.cached_tokens = None
+        got = Reply()
         failed = False
         try:
-            agen = r.instance(*args)
+            agen = r.instance(*req.args) if self.local else r.instance.serve_stream(req, got)
             async with contextlib.aclosing(agen):
                 async for out in agen:
                     if first:
@@ -246,8 +261,8 @@ class Stage:
             if not failed:
                 t1 = _mono()
                 slot.served(t0, t1, 1, int(t1 > deadline))
-            if ctx is not None and ctx.cached_tokens is not None:
-                self._observe_cache(route, ctx.cached_tokens)  # type: ignore[arg-type]
+            if not failed and (route is not None or reply is not None):
+                self._used(route, got.usage, reply)
 
     def _observe_cache(self, route: Route, cached: int) -> None:
         """The engine said how many prompt tokens it served from its cache: the router's
@@ -289,11 +304,12 @@ class Stage:
         return self._failed(None, exc, count)
 
     # --- calling user code ----------------------------------------------------------
-    async def call(self, args: tuple[Any, ...], deadline: float, route: Route | None, count: int = 1) -> Any:
+    async def call(self, req: Request, count: int = 1) -> Reply:
         """One call; failed attempts are retried with exponential backoff while the retry
         can still finish before the item's deadline (``retries`` times at most)."""
         if self.retries == 0:
-            return await self.attempt(args, route, count)
+            return await self.attempt(req, count)
+        deadline = req.deadline
 
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number > self.retries:
@@ -310,19 +326,19 @@ class Stage:
         )
         async for attempt in retrying:
             with attempt:
-                return await self.attempt(args, route, count)
+                return await self.attempt(req, count)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def attempt(self, args: tuple[Any, ...], route: Route | None, count: int = 1) -> Any:
+    async def attempt(self, req: Request, count: int = 1) -> Reply:
         """One try on a replica the router picks; a failure counted (``count`` items)."""
         rs = self.replicas
-        r = rs.acquire(route)
+        r = rs.acquire(req.route)
         try:
             if self.timeout_s is None:
-                return await self._invoke(r.instance, args)
+                return await self._invoke(r.instance, req)
             try:
                 with anyio.fail_after(self.timeout_s):
-                    return await self._invoke(r.instance, args)
+                    return await self._invoke(r.instance, req)
             except TimeoutError as e:
                 raise NodeError(
                     self.name, f"timed out after {self.timeout_s * 1000:.0f} ms", code="timeout"
@@ -332,12 +348,17 @@ class Stage:
         finally:
             rs.release(r)
 
-    async def _invoke(self, inst: Any, args: tuple[Any, ...]) -> Any:
+    async def _invoke(self, inst: Any, req: Request) -> Reply:
+        if not self.local:
+            reply: Reply = await inst.serve(req)
+            return reply
         if self.is_async:
-            return await inst(*args)
+            return Reply(await inst(*req.args))
         # With a timeout the wait must be cancellable: the thread runs on, its result unused.
-        return await anyio.to_thread.run_sync(
-            functools.partial(inst, *args), abandon_on_cancel=self.timeout_s is not None
+        return Reply(
+            await anyio.to_thread.run_sync(
+                functools.partial(inst, *req.args), abandon_on_cancel=self.timeout_s is not None
+            )
         )
 
     async def serve_session(self, session: str, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:

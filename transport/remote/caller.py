@@ -35,7 +35,7 @@ from chains.context import context, current_context
 from chains.errors import ModelError, NodeError, ReplicaLost
 from chains.spec import NodeSpec
 from runtime.batcher import StaleItem
-from runtime.envelope import Usage
+from runtime.envelope import Reply, Request
 from runtime.logs import get_logger
 from transport.remote.wire import (
     STALE,
@@ -240,22 +240,26 @@ class RemoteLink:
 
     # --- sessions -----------------------------------------------------------------------------
     @staticmethod
-    def _budget_ms() -> float | None:
-        """Time left to the current item's deadline, when the runtime tells (``ctx.deadline``)."""
-        deadline = getattr(context(), "deadline", None)
-        if deadline is None or deadline == float("inf"):
+    def _budget_ms(deadline: float) -> float | None:
+        """Time left to the item's deadline (the request's), as the wire carries it."""
+        if deadline == float("inf"):
             return None
         return max(0.0, (deadline - time.monotonic()) * 1000.0)
 
+    def _meta(self, sid: str) -> dict[str, Any] | None:
+        """The session's settings (``meta``) the first time the host sees the session:
+        session-wide, not the item's, so read from the session's context once."""
+        if sid in self._sessions:
+            return None
+        self._sessions.add(sid)
+        ctx = current_context()
+        return dict(ctx.meta) if ctx is not None else {}
+
     def _session(self) -> tuple[str, int, dict[str, Any] | None]:
-        """(session id, epoch, meta if the host has not seen this session yet)."""
+        """(session id, epoch, meta if the host has not seen this session yet) of a
+        stream node's session, which a session opens (no per-item request)."""
         ctx = context()
-        sid = ctx.session_id
-        meta = None
-        if sid not in self._sessions:
-            self._sessions.add(sid)
-            meta = dict(ctx.meta)
-        return sid, ctx.epoch, meta
+        return ctx.session_id, ctx.epoch, self._meta(ctx.session_id)
 
     def session_closed(self, session_id: str) -> None:
         """The runtime closed a session: the host drops its node state."""
@@ -269,24 +273,24 @@ class RemoteLink:
         return len(self._sessions)
 
     # --- the three call shapes ------------------------------------------------------------------
-    async def call(self, args: tuple[Any, ...]) -> Any:
-        """A map call: one item in, one result (or None) out."""
+    async def call(self, req: Request) -> Reply:
+        """A map call: one item in, one result (or None) out, with its usage."""
         self._check()
-        sid, epoch, meta = self._session()
-        values = [self.codec.encode(a) for a in args]
+        sid = req.session
+        meta = self._meta(sid)
+        values = [self.codec.encode(a) for a in req.args]
         await self._acquire_call()
         call_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
-        self.send(Call(call_id, sid, epoch, values, meta, self._budget_ms()))
+        self.send(Call(call_id, sid, req.epoch, values, meta, self._budget_ms(req.deadline)))
         try:
             res: Result = await fut
         except asyncio.CancelledError:
             if self._pending.pop(call_id, None) is not None:
                 self.send(Cancel(call_id))  # the host's End gives the credit back
             raise
-        _report(res.usage)
-        return None if res.value is None else self.codec.decode(res.value)
+        return Reply(None if res.value is None else self.codec.decode(res.value), res.usage)
 
     async def _acquire_call(self) -> None:
         w = self.calls.waiting + 1
@@ -295,17 +299,19 @@ class RemoteLink:
         await self.calls.acquire()
         self.stats["calls"] += 1
 
-    async def call_stream(self, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
-        """A streaming-map call: outputs arrive as produced; closing it cancels it."""
+    async def call_stream(self, req: Request, reply: Reply) -> AsyncGenerator[Any, None]:
+        """A streaming-map call: outputs arrive as produced; closing it cancels it. What
+        serving it used arrives with its end, in ``reply.usage``."""
         self._check()
-        sid, epoch, meta = self._session()
-        values = [self.codec.encode(a) for a in args]
+        sid = req.session
+        meta = self._meta(sid)
+        values = [self.codec.encode(a) for a in req.args]
         await self._acquire_call()
         call_id = next(self._ids)
         inbox = Inbox()
         self._pending[call_id] = inbox
-        self.send(Call(call_id, sid, epoch, values, meta, self._budget_ms()))
-        async with contextlib.aclosing(self._outputs(call_id, inbox)) as outs:
+        self.send(Call(call_id, sid, req.epoch, values, meta, self._budget_ms(req.deadline)))
+        async with contextlib.aclosing(self._outputs(call_id, inbox, reply)) as outs:
             async for out in outs:
                 yield out
 
@@ -346,7 +352,9 @@ class RemoteLink:
                 self.send(Feed(call_id, param, ctx.epoch, self.codec.encode(item)))
             self.send(FeedEnd(call_id, param))
 
-    async def _outputs(self, call_id: int, inbox: Inbox) -> AsyncGenerator[Any, None]:
+    async def _outputs(
+        self, call_id: int, inbox: Inbox, reply: Reply | None = None
+    ) -> AsyncGenerator[Any, None]:
         step = max(1, self.out_window // 2)
         consumed = 0
         finished = False
@@ -361,7 +369,8 @@ class RemoteLink:
                     yield self.codec.decode(f.value)
                 elif isinstance(f, End):
                     finished = True
-                    _report(f.usage)
+                    if reply is not None:
+                        reply.usage = f.usage
                     return
                 elif isinstance(f, Fail):
                     finished = True
@@ -372,15 +381,6 @@ class RemoteLink:
         finally:
             if not finished and self._pending.pop(call_id, None) is not None:
                 self.send(Cancel(call_id))  # an interrupt closed us: stop the host's work
-
-
-def _report(usage: Usage | None) -> None:
-    """The host's report of what serving the item used, where the caller's stage reads it
-    (the node context of the item in hand), as if the node had served it here."""
-    if usage is not None and usage.cached_tokens is not None:
-        ctx = current_context()
-        if ctx is not None:
-            ctx.cached_tokens = usage.cached_tokens
 
 
 def _error(node: str, f: Fail) -> Exception:

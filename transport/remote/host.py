@@ -27,6 +27,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from chains.errors import ChainError
+from runtime.envelope import deadline_at
 from runtime.logs import get_logger
 from runtime.metrics import COLLECTOR, ChainMetrics, prometheus_text
 from runtime.placement import make_stages
@@ -113,10 +114,8 @@ class NodeHost:
         """The caller's deadline for the item (its remaining budget, when sent), tightened
         by this node's own budget."""
         now = time.monotonic()
-        d = now + self.budget_s if self.budget_s is not None else float("inf")
-        if budget_ms is not None:
-            d = min(d, now + budget_ms / 1000.0)
-        return d
+        caller = now + budget_ms / 1000.0 if budget_ms is not None else float("inf")
+        return deadline_at(caller, 0.0, self.budget_s, now)
 
     async def handle(self, ws: ServerConnection) -> None:
         """One caller's link: handshake, then frames until it closes."""

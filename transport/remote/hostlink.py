@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from chains.context import NodeContext, reset_context, set_context
 from chains.spec import NodeSpec, Shape
 from runtime.batcher import StaleItem
-from runtime.envelope import Usage
+from runtime.envelope import Reply, Request
 from runtime.stage import Stage
 from transport.remote.wire import (
     STALE,
@@ -57,6 +57,7 @@ class NodeHost(Protocol):
     stats: dict[str, int]
 
     def deadline(self, budget_ms: float | None = None) -> float: ...
+
 
 _link_ids = itertools.count(1)
 _END = object()
@@ -219,21 +220,22 @@ class HostLink:
             with self._cancellable(f.id) as scope:
                 try:
                     args = tuple(codec.decode(a) for a in f.args)
-                    deadline = host.deadline(f.budget_ms)
-                    ctx.deadline = deadline
-                    route = stage.route(f.session, args)
+                    req = Request(
+                        args, f.session, f.epoch, host.deadline(f.budget_ms), stage.route(f.session, args)
+                    )
+                    reply = Reply()
                     if host.shape is Shape.STREAM_MAP:
-                        await self._stream_call(f.id, args, deadline, route)
-                        self.out.put(End(f.id, _usage(ctx)))
+                        await self._stream_call(f.id, req, reply)
+                        self.out.put(End(f.id, reply.usage))
                     else:
                         epoch = f.epoch
 
                         def alive() -> bool:
                             return sess.epoch == epoch and not self.closed
 
-                        result = await stage.serve(args, deadline, route, alive)
+                        result = await stage.serve(req, alive, reply)
                         value = None if result is None else codec.encode(result)
-                        self.out.put(Result(f.id, value, _usage(ctx)))
+                        self.out.put(Result(f.id, value, reply.usage))
                     terminal = True
                 except StaleItem:  # its turn was interrupted: the caller drops it too
                     self.out.put(Fail(f.id, STALE, "the item's turn was interrupted"))
@@ -251,11 +253,11 @@ class HostLink:
             if not terminal:
                 self.out.put(End(f.id))  # cancelled: the terminal frame returns the caller's credit
 
-    async def _stream_call(self, call_id: int, args: tuple[Any, ...], deadline: float, route: Any) -> None:
+    async def _stream_call(self, call_id: int, req: Request, reply: Reply) -> None:
         credits = self.item_credits[call_id] = Credits(self.out_window)
         codec = self.host.codec
         try:
-            async with contextlib.aclosing(self.host.stage.serve_stream(args, deadline, route)) as outs:
+            async with contextlib.aclosing(self.host.stage.serve_stream(req, reply)) as outs:
                 async for out in outs:
                     await credits.acquire()
                     self.out.put(Item(call_id, codec.encode(out)))
@@ -314,12 +316,6 @@ class HostLink:
             self._open_sessions.pop(f.id, None)
             if not terminal:
                 self.out.put(End(f.id))
-
-
-def _usage(ctx: NodeContext) -> Usage | None:
-    """What the node reported serving the item (an LLM's cached prompt tokens), for the
-    caller's router: it crosses the wire in the terminal frame."""
-    return None if ctx.cached_tokens is None else Usage(ctx.cached_tokens)
 
 
 __all__ = ["FeedStream", "HostLink", "HostSession"]

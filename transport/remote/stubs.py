@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from chains.errors import ChainError, ReplicaLost
 from chains.graph import Graph
 from chains.spec import NodeSpec, Shape
+from runtime.envelope import Reply, Request
 from runtime.placement import Placed, Placement, ProviderFactory
 from runtime.replicas import Provider, ReplicaSet
 from runtime.routing import PrefixAware, router_for
@@ -54,13 +55,16 @@ class Stub:
 
 
 class MapStub(Stub):
-    async def __call__(self, *args: Any) -> Any:
-        return await self.link.call(args)
+    async def serve(self, req: Request) -> Reply:
+        """The item's request (arguments, session, epoch, deadline) over the link; the
+        reply carries the value and what serving it used (cached tokens)."""
+        return await self.link.call(req)
 
 
 class StreamMapStub(Stub):
-    def __call__(self, *args: Any) -> AsyncIterator[Any]:
-        return self.link.call_stream(args)  # the runtime closes it (aclosing) on interrupt
+    def serve_stream(self, req: Request, reply: Reply) -> AsyncIterator[Any]:
+        """The outputs as they come; ``reply.usage`` is filled when the call ends."""
+        return self.link.call_stream(req, reply)  # the runtime closes it (aclosing) on interrupt
 
 
 class StreamStub(Stub):
