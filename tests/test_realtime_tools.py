@@ -4,7 +4,8 @@ fakes whose chat is ``VLLMChat``'s own tool turn on a scripted engine
 the tool's result a ``function_call_output`` conversation item, the spoken reply the
 next output item, ``response.done`` lists both outputs; every server event validates
 against the ``openai`` package's schema. A raising tool is an ``error`` and the session
-goes on; talking over a slow tool cancels the response with the call as its output."""
+goes on; talking over a slow tool cancels the response with the call as its output.
+The real ``openai`` realtime client reads the same items from the real server."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import pydantic
 import structlog
+from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 
 import chains
@@ -25,6 +27,7 @@ from tests.test_tools import Chat, Script, call, lookup_order
 from tests.test_tools import say as said
 from tests.voice_fakes import MemorySocket, fake_sentences, fake_stt, fake_tts, fake_vad, silence, speech
 from transport.realtime import RealtimeOptions, serve
+from transport.server import serve as serve_http
 
 SCHEMA: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RealtimeServerEvent)
 
@@ -178,3 +181,26 @@ async def test_talking_over_a_slow_tool_cancels_the_response_with_the_call_as_it
     kinds = [e["type"] for e in log]
     assert "conversation.item.truncated" not in kinds  # no reply item was ever shown
     assert not any(e.get("item", {}).get("type") == "function_call_output" for e in log)
+
+
+async def test_the_openai_client_reads_the_call_its_output_and_the_reply() -> None:
+    script = Script([call("lookup_order", order_id="4512"), "It ships Friday."])
+    async with serve_http(voice_agent(script, [lookup_order]), port=0, token="tok") as srv:
+        api = AsyncOpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="tok", max_retries=0)
+        with anyio.fail_after(60):
+            async with api.realtime.connect(model="agent", max_retries=0) as conn:
+                assert (await conn.recv()).type == "session.created"
+                for b in speech(3) + silence(2):
+                    await conn.input_audio_buffer.append(audio=base64.b64encode(b).decode())
+                events: list[Any] = []
+                while not events or events[-1].type != "response.done":
+                    events.append(await conn.recv())
+    by_type = {e.type: e for e in events}
+    args = by_type["response.function_call_arguments.done"]
+    assert (args.name, json.loads(args.arguments)) == ("lookup_order", {"order_id": "4512"})
+    outputs = [e.item for e in events if e.type == "conversation.item.done"]
+    result = next(i for i in outputs if i.type == "function_call_output")
+    assert result.call_id == args.call_id and json.loads(result.output)["arrives"] == "Friday"
+    call_item, message = by_type["response.done"].response.output
+    assert call_item.type == "function_call" and call_item.call_id == args.call_id
+    assert message.type == "message" and message.content[0].transcript == "It ships Friday."
