@@ -9,7 +9,9 @@ the reply's text and audio as one response (``response.created`` ...
 ``response.output_audio.delta`` ... ``response.done``), its audio paced at real time
 (transport/pacing.py). A response is complete when its text is done and its audio has
 said all of it (the TTS's ``Spoken`` marks), or when no more audio came for
-``response_idle_s`` after its text was done.
+``response_idle_s`` after its text was done. A chat's tool calls and results
+(``ToolCall`` / ``ToolResult`` events) are items of that response (tools.py): the
+reply's message item is announced only with its first words or audio, after them.
 
 At every interrupt of the chain's turn (the VAD heard the user talk over the reply,
 or the client sent ``response.cancel`` or truncated the item being played) the
