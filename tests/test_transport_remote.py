@@ -232,11 +232,9 @@ async def test_the_server_serves_a_chain_with_a_remote_node():
     assert texts == ["HI!", "THERE!", "HI! THERE!"]
 
 
-@pytest.mark.skipif(
-    "deadline" not in NodeContext.__slots__,
-    reason="needs transport/RUNTIME_PATCH.diff (NodeContext.deadline) to forward budgets",
-)
 async def test_an_items_remaining_budget_travels_to_the_remote_stage():
+    """In the replica call's Request, not in the node context (which has no deadline)."""
+    assert not hasattr(NodeContext("s", "n", {}, lambda: 0), "deadline")
     with node_server(f"{FIXTURES}:remote_map", "shout_word") as url:
         await outputs_by_name(with_remotes(remote_map, {"shout_word": url}), Text(text="a b c"))
         _, _, body = await aget(url.replace("ws://", "http://") + "healthz")
