@@ -117,7 +117,8 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
             m.stale += 1
             continue
         args = (env.payload,)
-        deadline = deadline_at(env.deadline, downstream, node_budget, _mono())
+        now = _mono() if node_budget is not None else 0.0  # the clock only where a budget needs it
+        deadline = deadline_at(env.deadline, downstream, node_budget, now)
         if streaming:
             await stream_call(
                 sess, stage, Request(args, sid, env.epoch, deadline, stage.route(sid, args)), env, senders
