@@ -70,6 +70,14 @@ class Provider(Protocol):
     replicas that keep per-session state elsewhere drop it; ``tokens_of`` gives the
     driver-side ``route_tokens`` of a node whose replicas are not here.
 
+    What ``start`` returns is what the stage calls. Here, the node itself (called with
+    the item's arguments). Elsewhere (``local = False``), a replica call takes the
+    item's whole ``Request`` (runtime/envelope.py: arguments, session, epoch, deadline,
+    route): ``serve(req) -> Reply`` for a map or batched map (the value and its usage,
+    such as an engine's cached tokens), ``serve_stream(req, reply)`` for a streaming
+    map (its outputs; ``reply.usage`` filled at the end), and, for a stream node, a call
+    with the session's arguments (a session, not an item).
+
     A provider may subclass it to take the in-process defaults of the optional parts."""
 
     local: bool = True
