@@ -124,11 +124,11 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
                 sess, stage, Request(args, sid, env.epoch, deadline, stage.route(sid, args)), env, senders
             )
             continue
-        if live.epoch != env.epoch:
+        if live.epoch != env.epoch:  # a new turn: the request's epoch follows
             live = _Live(sess, env.epoch)
+            req.epoch = env.epoch
         # One request per task, refilled per item: serve() is awaited before the next.
         req.args = args
-        req.epoch = env.epoch
         req.deadline = deadline
         req.route = stage.route(sid, args) if learns or len(rs.ready) > 1 else None
         try:
