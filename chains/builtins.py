@@ -22,15 +22,27 @@ async def _merge(*streams: Any) -> AsyncIterator[Any]:
     async def pump(s: Any, tx: Any) -> None:
         async with tx:
             async for item in s:
-                await tx.send(item)
+                try:
+                    await tx.send(item)
+                except anyio.BrokenResourceError:  # the merge's reader left
+                    return
 
-    async with anyio.create_task_group() as tg, send:
-        for s in streams:
-            tg.start_soon(pump, s, send.clone())
-        send.close()
-        async with recv:
-            async for item in recv:
-                yield item
+    try:
+        async with anyio.create_task_group() as tg, send:
+            for s in streams:
+                tg.start_soon(pump, s, send.clone())
+            send.close()
+            async with recv:
+                async for item in recv:
+                    yield item
+    except BaseExceptionGroup as group:
+        # The consumer left while this generator was suspended at ``yield`` (aclose()
+        # throws GeneratorExit there); the task group wraps it with its pumps'
+        # cancellations. Leaving is not an error: end as a closed generator must.
+        rest = group.split(GeneratorExit)[1]
+        if rest is not None:
+            raise
+        raise GeneratorExit from None
 
 
 async def _zip(*streams: Any) -> AsyncIterator[tuple[Any, ...]]:

@@ -255,15 +255,6 @@ async def test_runtime_exit_ends_a_stream_its_caller_left_open() -> None:
         await outs.aclose()
 
 
-@pytest.mark.xfail(
-    reason="BUG: chains/builtins.py _merge yields inside `async with anyio.create_task_group()`: "
-    "when the session ends while the merge is suspended at `yield item` (its consumer is "
-    "backpressured), aclose() throws GeneratorExit there, the task group wraps it in a "
-    "BaseExceptionGroup, and that escapes Session._run_stream_node (only `except Exception`) "
-    "up to the caller's `async with rt.session()`. Fix: no yield inside a task group (e.g. "
-    "wire merge's inputs as several producers of one Edge, Edge.clone())",
-    strict=True,
-)
 async def test_leaving_a_session_while_a_merge_is_backpressured_ends_cleanly() -> None:
     gate = Gate()
     slow = MapFake("slow", gate=gate)
