@@ -20,26 +20,25 @@ away cancels its call in the runtime.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
-from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from chains.errors import NodeError, Overloaded
 from chains.outputs import ERROR, EVENTS
 from transport.httpapi.common import (
+    JSON_HEADER,
+    Disconnected,
     HttpError,
-    check_token,
+    check_scope_token,
     decode_json,
     encode,
-    endpoint,
-    in_slot,
-    json_response,
     node_failure,
     overloaded,
-    read_body,
+    receive_body,
+    refused,
 )
 from transport.httpapi.inputs import chain_inputs, outputs_by_name
 
@@ -67,24 +66,63 @@ async def call(served: Any, rt: Any, inputs: tuple[Any, ...]) -> Any:
         raise HttpError(422, "bad_input", str(e)) from None
 
 
-def chain_endpoint(served: Any) -> Callable[[Request], Any]:
-    @endpoint
-    async def chain(request: Request) -> Response:
-        check_token(request, served.token)
-        rt = runtime_named(served, request.path_params["chain"])
-        body = decode_json(await read_body(request, served.limits.max_body_bytes))
-        inputs = chain_inputs(rt.graph, body)
-        accept = request.headers.get("accept", "")
-        if NDJSON in accept or SSE in accept:
-            return await stream_response(served, rt, inputs, sse=SSE in accept and NDJSON not in accept)
+def chain_endpoint(served: Any) -> ChainEndpoint:
+    return ChainEndpoint(served)
 
-        async def work() -> Response:
-            result = await served.departures.until_gone(request, lambda: call(served, rt, inputs))
-            return json_response(outputs_by_name(rt.graph, result))
 
-        return await in_slot(served.requests, "requests", work)
+class ChainEndpoint:
+    """The route's raw ASGI app: the hot path of every chain request, so it reads the
+    scope's headers and the body's messages itself and sends its answer as two ASGI
+    messages (a Starlette ``Request``, its body stream, the ``Response`` object and
+    the exception-handling wrappers around the endpoint cost about as much as the
+    chain call itself; benchmarks/http.py). Errors and streams still go out as
+    Starlette responses."""
 
-    return chain
+    def __init__(self, served: Any):
+        self.served = served
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        served = self.served
+        auth = declared = accept = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+            elif key == b"accept":
+                accept = value
+            elif key == b"authorization":
+                auth = value
+        try:
+            if served.token is not None:
+                check_scope_token(auth, scope.get("query_string", b""), served.token)
+            rt = runtime_named(served, scope["path_params"]["chain"])
+            body = await receive_body(receive, declared, served.limits.max_body_bytes)
+            inputs = chain_inputs(rt.graph, decode_json(body))
+            if accept is not None and (b"ndjson" in accept or b"event-stream" in accept):
+                sse = SSE.encode() in accept and NDJSON.encode() not in accept
+                response = await stream_response(served, rt, inputs, sse=sse)
+                await response(scope, receive, send)
+                return
+            slots = served.requests
+            if not await slots.take():
+                raise refused(slots, "requests")
+            try:
+                result = await served.departures.until_gone(receive, call(served, rt, inputs))
+            finally:
+                slots.give()
+            answer = encode(outputs_by_name(rt.graph, result))
+        except HttpError as e:
+            await e.response()(scope, receive, send)
+            return
+        except Disconnected:
+            return  # the client left: nobody to answer (uvicorn sends nothing for it)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode()), JSON_HEADER],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
 
 
 class StreamResponse(StreamingResponse):
@@ -153,12 +191,7 @@ async def stream_response(served: Any, rt: Any, inputs: tuple[Any, ...], sse: bo
     until it ends."""
     slots = served.requests
     if not await slots.take():
-        raise HttpError(
-            503,
-            "overloaded",
-            f"the server is at its limit of {slots.size} requests; retry after {slots.retry_after_header} s",
-            headers={"Retry-After": slots.retry_after_header},
-        )
+        raise refused(slots, "requests")
     outputs = rt.stream(*inputs)
 
     async def close() -> None:

@@ -26,6 +26,7 @@ from transport.http import token_from, token_matches
 from transport.httpapi.leaving import Disconnected
 
 JSON = "application/json"
+JSON_HEADER = (b"content-type", b"application/json")
 _encode = msgspec.json.Encoder().encode
 LATE = frozenset(("shed", "timeout", "late", "deadline"))  # the item's budget ran out
 UNAVAILABLE = frozenset(("replica_lost", "no_replica"))
@@ -84,6 +85,40 @@ def check_token(request: Request, token: str | None) -> None:
     given = token_from(request.headers.get("authorization"), request.url.query)
     if not token_matches(given, token):
         raise HttpError(401, "unauthorized", "missing or wrong token: send `Authorization: Bearer TOKEN`")
+
+
+def check_scope_token(auth: bytes | None, query: bytes, token: str) -> None:
+    """``check_token`` on a raw ASGI scope's authorization header and query string."""
+    given = token_from(auth.decode("latin-1") if auth is not None else None, query.decode("latin-1"))
+    if not token_matches(given, token):
+        raise HttpError(401, "unauthorized", "missing or wrong token: send `Authorization: Bearer TOKEN`")
+
+
+async def receive_body(receive: Any, declared: bytes | None, limit: int) -> bytes:
+    """``read_body`` on raw ASGI messages (``declared``: the content-length header);
+    ``Disconnected`` when the client leaves before it is read."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_big(int(declared), limit)
+    msg = await receive()
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body", False):  # the whole body in one message: the usual case
+        if msg["type"] == "http.disconnect":
+            raise Disconnected()
+        if len(body) > limit:
+            raise _too_big(len(body), limit)
+        return body
+    chunks = [body]
+    size = len(body)
+    while msg.get("more_body", False):
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise Disconnected()
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_big(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -145,15 +180,20 @@ def overloaded(e: Overloaded, slots: Slots) -> HttpError:
     )
 
 
+def refused(slots: Slots, what: str) -> HttpError:
+    """No slot came free in the waiting room: 503 with ``Retry-After``."""
+    return HttpError(
+        503,
+        "overloaded",
+        f"the server is at its limit of {slots.size} {what}; retry after {slots.retry_after_header} s",
+        headers={"Retry-After": slots.retry_after_header},
+    )
+
+
 async def in_slot(slots: Slots, what: str, work: Callable[[], Awaitable[Any]]) -> Any:
     """Run ``work`` holding one of ``slots`` (waiting for one in the waiting room)."""
     if not await slots.take():
-        raise HttpError(
-            503,
-            "overloaded",
-            f"the server is at its limit of {slots.size} {what}; retry after {slots.retry_after_header} s",
-            headers={"Retry-After": slots.retry_after_header},
-        )
+        raise refused(slots, what)
     try:
         return await work()
     finally:
@@ -178,8 +218,10 @@ def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request]
 
 __all__ = [
     "JSON",
+    "JSON_HEADER",
     "Disconnected",
     "HttpError",
+    "check_scope_token",
     "check_token",
     "decode_json",
     "encode",
@@ -189,5 +231,7 @@ __all__ = [
     "node_failure",
     "overloaded",
     "read_body",
+    "receive_body",
+    "refused",
     "validation_error",
 ]

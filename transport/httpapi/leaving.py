@@ -11,14 +11,15 @@ the call's task when its client leaves, and is cancelled when the call ends.
 
     async with anyio.create_task_group() as tg:
         await tg.start(departures.run)
-    result = await departures.until_gone(request, work)   # Disconnected if the client left
+    result = await departures.until_gone(receive, work())   # Disconnected if the client left
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from asyncio import current_task
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -73,16 +74,17 @@ class Departures:
             call.gone = True
             call.host.cancel()
 
-    async def until_gone(self, request: Any, work: Callable[[], Awaitable[Any]]) -> Any:
-        """``await work()``, cancelled (``Disconnected``) when the client goes away first.
-        Call it after the body is read: the only message left to receive is the disconnect."""
-        host = asyncio.current_task()
+    async def until_gone(self, receive: Any, work: Awaitable[Any]) -> Any:
+        """``await work``, cancelled (``Disconnected``) when the client (whose ASGI
+        ``receive`` it is) goes away first. Call it after the body is read: the only
+        message left to receive is the disconnect."""
+        host = current_task()
         if host is None or self._tg is None:  # not running (a test's bare app): no watching
-            return await work()
-        call = _Call(host, request.receive)
+            return await work
+        call = _Call(host, receive)
         self.calls[host] = call
         try:
-            return await work()
+            return await work
         except asyncio.CancelledError:
             if not call.gone:
                 raise

@@ -131,7 +131,7 @@ def _embeddings(served: Any) -> Callable[[Request], Any]:
 
         async def work() -> list[Any]:
             try:
-                return await served.departures.until_gone(request, all_of)
+                return await served.departures.until_gone(request.receive, all_of())
             except BaseExceptionGroup as group:  # the first failure decides the status
                 raise group.exceptions[0] from None
 
@@ -190,7 +190,7 @@ def _chat(served: Any) -> Callable[[Request], Any]:
                 raise overloaded(e, served.requests) from None
 
         async def work() -> str:
-            return await served.departures.until_gone(request, collect)
+            return await served.departures.until_gone(request.receive, collect())
 
         text = await in_slot(served.requests, "requests", work)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}

@@ -60,7 +60,7 @@ def transcriptions_endpoint(served: Any) -> Callable[[Request], Any]:
         fmt = form.get("response_format", "json")
 
         async def work() -> str:
-            return await served.departures.until_gone(request, lambda: _transcribe(served, rt, audio))
+            return await served.departures.until_gone(request.receive, _transcribe(served, rt, audio))
 
         text = await in_slot(served.requests, "requests", work)
         if fmt == "text":
