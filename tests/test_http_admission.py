@@ -40,3 +40,20 @@ async def test_past_the_wait_the_refusal_says_when_to_retry():
         (err,) = json_of(got, "error")
         assert err["code"] == "overloaded" and "retry after 3 s" in err["message"]
         assert "waited 0.2 s" in err["message"] and got[-1] == ("close", 1013)
+
+
+async def test_the_other_protocols_share_the_slots_and_say_when_to_retry():
+    """A Twilio or Realtime socket arriving while our protocol holds the only slot waits,
+    then is closed with 1013 and the retry hint: one limit for every protocol."""
+    from websockets.asyncio.client import connect
+
+    lim = Limits(max_sessions=1, session_wait_s=0.1, retry_after_s=2)
+    async with serve({"shout": shout}, port=0, limits=lim) as srv:
+        async with Client(srv.url, sample_rate=RATE, chain="shout"):
+            for path in ("/twilio", "/v1/realtime?model=shout"):
+                async with connect(srv.url.rstrip("/") + path) as ws:
+                    with anyio.fail_after(5):
+                        await ws.wait_closed()
+                    assert ws.close_code == 1013
+                    assert "retry after 2 s" in (ws.close_reason or "")
+        assert srv.stats["overloaded"] == 2

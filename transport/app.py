@@ -6,17 +6,14 @@ stats), never the server object's internals.
 
 Adding an endpoint: write it in its own module taking ``served`` and add it to
 ``routes``, before the catch-alls at the end (the static page and the websocket
-protocol on any path). A websocket endpoint:
+protocol on any path). A websocket endpoint where one socket is one session subclasses
+``transport.endpoints.SessionEndpoint`` (the session slots and waiting room, the counts):
 
-    async def realtime(websocket: starlette.websockets.WebSocket) -> None:
-        sock = AsgiSocket(websocket.scope, websocket.receive, websocket.send)  # transport/wsocket.py
-        await sock.accept()
-        if not await served.sessions.take():   # the same session slots and waiting room
-            ...refuse (see protocol_endpoint below)
-        try: ...  # sock.recv() / sock.send(); sock.buffered() and sock.abort() for slow readers
-        finally: served.sessions.give()
+    class MyEndpoint(SessionEndpoint):
+        async def serve(self, sock: AsgiSocket) -> None:   # transport/wsocket.py
+            ...  # sock.recv() / sock.send(); sock.buffered() and sock.abort() for slow readers
 
-    WebSocketRoute("/v1/realtime", realtime)        # added to the list in routes()
+    WebSocketRoute("/my-protocol", MyEndpoint(served))     # added to the list in routes()
 
 uvicorn applies the message size, ping and write-buffer limits to every websocket
 route (transport/wsocket.py); the token check is the endpoint's
@@ -39,7 +36,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from transport.admission import Slots
 from transport.connection import Connection
-from transport.endpoints import voice_routes
+from transport.endpoints import SessionEndpoint, voice_routes
 from transport.http import JSON, PROMETHEUS, TEXT, token_from, token_matches
 from transport.httpapi.chainapi import chain_endpoint
 from transport.httpapi.leaving import Departures
@@ -89,36 +86,25 @@ def build_app(served: Served, metrics_text: Callable[[], str | bytes]) -> Starle
     return Starlette(routes=routes(served, metrics_text))
 
 
-class ProtocolEndpoint:
+class ProtocolEndpoint(SessionEndpoint):
     """Our websocket protocol (transport/connection.py): one websocket, one session.
     A raw ASGI app, so Starlette passes the socket through untouched."""
 
-    def __init__(self, served: Served):
-        self.served = served
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def serve(self, sock: AsgiSocket) -> None:
         srv = self.served
-        sock = AsgiSocket(scope, receive, send)
-        try:
-            await sock.accept()
-        except SocketClosed:
-            return
-        if not await srv.sessions.take():
-            await _refuse(srv, sock)
-            return
         conn = Connection(srv.settings, sock)
         srv.connections.add(conn)
-        srv.stats["connections"] += 1
         try:
             await conn.run()
         finally:
             srv.connections.discard(conn)
-            srv.sessions.give()
+
+    async def refuse(self, sock: AsgiSocket) -> None:
+        await _refuse(self.served, sock)
 
 
 async def _refuse(srv: Served, sock: AsgiSocket) -> None:
     """At the session limit after the waiting room: say so, with when to retry."""
-    srv.stats["overloaded"] += 1
     slots = srv.sessions
     waited = f" (waited {slots.wait_s:g} s for a free slot)" if slots.wait_s > 0 else ""
     msg = Error(

@@ -45,7 +45,11 @@ class _Peer:
         await self.sock.close(code, reason)
 
 
-class _Endpoint:
+class SessionEndpoint:
+    """A websocket route where one socket is one session, whatever its protocol: accept,
+    take one of the server's session slots (one limit and waiting room for every
+    protocol), serve, give the slot back. Subclasses say how to serve and how to refuse."""
+
     def __init__(self, served: Any):
         self.served = served
 
@@ -58,23 +62,39 @@ class _Endpoint:
             return
         if not await srv.sessions.take():
             srv.stats["overloaded"] += 1
-            await sock.close(1013, "overloaded")
+            await self.refuse(sock)
             return
         srv.stats["connections"] += 1
         try:
-            await self.serve(sock, _Peer(sock))
+            await self.serve(sock)
+        finally:
+            srv.sessions.give()
+
+    async def refuse(self, sock: AsgiSocket) -> None:
+        """At the session limit after the waiting room (a close with when to retry)."""
+        await sock.close(1013, f"overloaded; retry after {self.served.sessions.retry_after_s:g} s")
+
+    async def serve(self, sock: AsgiSocket) -> None:
+        raise NotImplementedError
+
+
+class _Endpoint(SessionEndpoint):
+    """A foreign protocol's adapter on the socket, seen through ``transport.peer``."""
+
+    async def serve(self, sock: AsgiSocket) -> None:
+        try:
+            await self.serve_peer(sock, _Peer(sock))
         except Gone:
             pass
         finally:
-            srv.sessions.give()
             await sock.close(1000, "")
 
-    async def serve(self, sock: AsgiSocket, peer: _Peer) -> None:
+    async def serve_peer(self, sock: AsgiSocket, peer: _Peer) -> None:
         raise NotImplementedError
 
 
 class RealtimeEndpoint(_Endpoint):
-    async def serve(self, sock: AsgiSocket, peer: _Peer) -> None:
+    async def serve_peer(self, sock: AsgiSocket, peer: _Peer) -> None:
         srv = self.served
         query = sock.query_string
         if not token_matches(token_from(sock.header("authorization"), query), srv.token):
@@ -95,7 +115,7 @@ class RealtimeEndpoint(_Endpoint):
 
 
 class TwilioEndpoint(_Endpoint):
-    async def serve(self, sock: AsgiSocket, peer: _Peer) -> None:
+    async def serve_peer(self, sock: AsgiSocket, peer: _Peer) -> None:
         srv = self.served
         query_token = next(iter(parse_qs(sock.query_string).get("token", [])), None)
         options = twilio.TwilioOptions(
@@ -112,4 +132,4 @@ def voice_routes(served: Any) -> list[BaseRoute]:
     ]
 
 
-__all__ = ["RealtimeEndpoint", "TwilioEndpoint", "voice_routes"]
+__all__ = ["RealtimeEndpoint", "SessionEndpoint", "TwilioEndpoint", "voice_routes"]
