@@ -79,9 +79,6 @@ def engine_logs_to(path: Path | None = None) -> Iterator[Console]:
         os.environ.setdefault(k, v)
     log = open(path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in finally
     log.write(f"# chains run: {' '.join(sys.argv)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}  # restored on exit
     out, own_out = _terminal(sys.stdout, 1)
     err, own_err = _terminal(sys.stderr, 2)
     console = Console(out=out, err=err, log_path=path)
@@ -95,20 +92,15 @@ def engine_logs_to(path: Path | None = None) -> Iterator[Console]:
     logging.captureWarnings(True)
     global _redirected
     try:
-        for fd in (1, 2):
-            os.dup2(log.fileno(), fd)
-        _redirected = path
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")  # each distinct warning once, into the log
-            yield console
+        with _fds_to(log):
+            _redirected = path
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("default")  # each distinct warning once, into the log
+                    yield console
+            finally:
+                _redirected = None
     finally:
-        _redirected = None
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        for fd, dup in saved.items():
-            os.dup2(dup, fd)
-            os.close(dup)
         logging.captureWarnings(False)
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -139,21 +131,8 @@ def engine_output_to_log(logger: str = "vllm") -> Iterator[Path | None]:
         log.write(
             f"# {logger} engine started by {' '.join(sys.argv)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n"
         )
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        saved = {fd: os.dup(fd) for fd in (1, 2)}
-        try:
-            for fd in (1, 2):
-                os.dup2(log.fileno(), fd)
+        with _fds_to(log):
             yield path
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            for fd, dup in saved.items():
-                os.dup2(dup, fd)
-                os.close(dup)
     _log_to_file(logging.getLogger(logger), path)
     if not _told:
         _told = True
@@ -161,6 +140,28 @@ def engine_output_to_log(logger: str = "vllm") -> Iterator[Path | None]:
             f"chains: {logger} engine output: {path} ({ENGINE_LOGS_ENV}=terminal shows it here)",
             file=sys.stderr,
         )
+
+
+@contextlib.contextmanager
+def _fds_to(log: TextIO) -> Iterator[None]:
+    """Point fds 1 and 2 at ``log`` while the block runs (what was buffered for the
+    terminal flushed first, and the block's own output flushed into the log), then give
+    them back."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        for fd in (1, 2):
+            os.dup2(log.fileno(), fd)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for fd, dup in saved.items():
+            os.dup2(dup, fd)
+            os.close(dup)
 
 
 def _log_to_file(log: logging.Logger, path: Path) -> None:
