@@ -43,7 +43,9 @@ class Ticket(msgspec.Struct):
 
 
 class Story(msgspec.Struct):
-    lines: list[str]
+    # at least 20 lines: the constraint keeps a cancelled story generating (compact
+    # JSON lets a short one finish within the tests' cancellation delay)
+    lines: Annotated[list[str], msgspec.Meta(min_length=20)]
 
 
 class Answer(msgspec.Struct):
