@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray")
 import chains  # noqa: E402
 from chains import Text  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
-from tests.ray_fixtures import live, pipeline  # noqa: E402
+from tests.ray_fixtures import live, local_cluster, pipeline  # noqa: E402
 from tests.transport_fixtures import node_server  # noqa: E402
 from transport.remote import with_remotes  # noqa: E402
 
@@ -36,18 +36,8 @@ HANG_GUARD_S = 90  # not a speed assertion: a failure to recover must fail, not 
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
-    c.add_node(num_cpus=1, resources={"node_b": 1, "worker": 1})
-    c.add_node(num_cpus=1, resources={"node_c": 1, "worker": 1})
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="chains", log_to_driver=False)
-    try:
+    with local_cluster() as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 async def outputs_by_name(chain: Any, *inputs: Any, **running: Any) -> dict[str, list[Any]]:
