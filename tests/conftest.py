@@ -14,5 +14,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Local Ray clusters (tests/ray_fixtures.py) bind 127.0.0.1 on every node, not the
+# machine's own address: load and cluster tests talk to loopback only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 pytest_plugins = ["chains.testing.pytest_plugin"]
