@@ -84,6 +84,18 @@ def single_input(rt: Any, what: str) -> Any:
     return g.inputs[0]
 
 
+async def chain_request(
+    request: Request, served: Any, required: tuple[str, ...], what: str
+) -> tuple[dict[str, Any], Any, Any]:
+    """What every OpenAI JSON endpoint does first: the token, the body as a JSON object
+    with its ``required`` fields, the chain its ``model`` names and that chain's one
+    value input (``what`` names the endpoint in the error when the chain does not fit)."""
+    check_token(request, served.token)
+    body = request_object(decode_json(await read_body(request, served.limits.max_body_bytes)), required)
+    rt = runtime_named(served, body["model"])
+    return body, rt, single_input(rt, what)
+
+
 def _models(served: Any) -> Callable[[Request], Any]:
     @endpoint
     async def models(request: Request) -> Response:
@@ -98,12 +110,7 @@ def _models(served: Any) -> Callable[[Request], Any]:
 def _embeddings(served: Any) -> Callable[[Request], Any]:
     @endpoint
     async def embeddings(request: Request) -> Response:
-        check_token(request, served.token)
-        body = request_object(
-            decode_json(await read_body(request, served.limits.max_body_bytes)), ("model", "input")
-        )
-        rt = runtime_named(served, body["model"])
-        inp = single_input(rt, "/v1/embeddings")
+        body, rt, inp = await chain_request(request, served, ("model", "input"), "/v1/embeddings")
         texts = body["input"]
         if isinstance(texts, str):
             texts = [texts]
@@ -168,12 +175,7 @@ def _vector(chain: str, result: Any, fmt: str) -> Any:
 def _chat(served: Any) -> Callable[[Request], Any]:
     @endpoint
     async def chat(request: Request) -> Response:
-        check_token(request, served.token)
-        body = request_object(
-            decode_json(await read_body(request, served.limits.max_body_bytes)), ("model", "messages")
-        )
-        rt = runtime_named(served, body["model"])
-        inp = single_input(rt, "/v1/chat/completions")
+        body, rt, inp = await chain_request(request, served, ("model", "messages"), "/v1/chat/completions")
         value = conversation(body["messages"], inp.type)
         meta = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
