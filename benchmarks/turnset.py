@@ -106,14 +106,21 @@ def trim(x: np.ndarray, level: float = 0.02) -> np.ndarray:
 
 
 class Synth:
-    """Piper (joe) at 16 kHz with a voice's settings."""
+    """Piper (joe) at 16 kHz with a voice's settings, reproducible: VITS draws noise
+    (``noise_scale``, and ``noise_w_scale`` for the durations) from ONNX Runtime's
+    random ops, whose generators are seeded when the session is built, so that
+    without a seed every rendition of a sentence differs (the cut of ``split`` too),
+    and a test or the set would hear other audio on every run. With ``seed``, the
+    same calls in the same order give the same audio on any machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
+        import onnxruntime
         from piper import PiperVoice
 
         from nodes.resolve import piper_voice_paths
 
         model, config = piper_voice_paths()
+        onnxruntime.set_seed(seed)  # read by the random ops as the session builds them
         self.voice = PiperVoice.load(str(model), config_path=str(config))
         self.rate = int(self.voice.config.sample_rate)
 
