@@ -285,17 +285,19 @@ class TurnTaking:
                     and hints.text_ms is not None
                     and hints.text_ms >= spoken_ms - self.cover_ms
                 )
+                check: Snapshot | None = None
                 if covered:  # the latest interim heard (nearly) all of it: the reply starts now
                     check = Snapshot(pcm=start.pcm, sample_rate=self.rate, turn=turn, settled=True)
                     pause.check_ms, pause.preheard = check.duration_ms, words
                     self.preempted += 1
-                    yield check  # the transcript that confirms or redoes it
                     start = Heard(pcm=b"", sample_rate=self.rate, text=words or "", turn=turn)
                 spec = len(speech)
                 self.speculated += 1
                 for out in timing():
                     yield out
                 yield SpeculativeTurn(reason="first silence")
+                if check is not None:  # in the new turn: sent before it, the runtime drops it as stale
+                    yield check  # the transcript that confirms or redoes it
                 yield start
             if spec and pause.preheard is not None:
                 if final is not None:

@@ -164,7 +164,9 @@ def test_a_covering_interim_starts_the_reply_and_the_final_transcript_confirms_i
     outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
     names = kinds(outs)
     start = names.index("SpeculativeTurn")
-    heard = outs[start + 1][1]
+    check, heard = outs[start + 1][1], outs[start + 2][1]
+    # the check goes in the new turn (before SpeculativeTurn the runtime drops it as stale)
+    assert isinstance(check, Snapshot) and check.settled
     assert isinstance(heard, Heard) and heard.text == "What is the capital of France?" and heard.pcm == b""
     assert outs[start][0] == 26  # 64 ms into the silence, without waiting for a transcription
     verdict = next(o for _, o in outs if isinstance(o, Preempted))

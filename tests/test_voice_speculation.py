@@ -25,7 +25,7 @@ import numpy as np
 import chains
 from chains import ConfirmTurn, Interrupt, Stream, Text, TextDelta, Utterance
 from nodes.sentences import speech_chunks
-from nodes.turn import ABANDONED, Interim, Snapshot, TurnTaking, VADOutput, transcripts
+from nodes.turn import ABANDONED, Heard, Interim, Preempted, Snapshot, TurnTaking, VADOutput, transcripts
 from tests.fakes import Gate, settle, wait_until
 
 WINDOW = 512
@@ -60,9 +60,16 @@ class Voice:
             a real STT, it hears nothing in the silence around them)."""
             out: list[Text | TextDelta] = []
             for u in utterances:
+                if isinstance(u, Heard):  # words an interim already heard: passed on
+                    out.append(Text(text=u.text))
+                    continue
                 x = np.frombuffer(u.pcm, dtype="<i2").reshape(-1, WINDOW)
                 words = f"heard {int((np.abs(x).max(axis=1) > 0).sum())} windows"
-                out.append(Interim(text=words, turn=u.turn) if isinstance(u, Snapshot) else Text(text=words))
+                out.append(
+                    Interim(text=words, turn=u.turn, audio_ms=u.duration_ms)
+                    if isinstance(u, Snapshot)
+                    else Text(text=words)
+                )
             voice.stt_batches.append([t.text for t in out])
             return out
 
@@ -223,3 +230,19 @@ async def test_interim_transcripts_arrive_before_the_final_one() -> None:
     assert sizes == sorted(sizes) and sizes[-1] < 30
     # interim transcripts were never answered
     assert v.llm_started == ["heard 30 windows"]
+
+
+async def test_a_preemptive_start_is_checked_by_its_final_transcript_through_the_runtime() -> None:
+    """An interim snapshot at the last window of speech (25 windows with the pad) covers the utterance, so the
+    turn starts 64 ms into the silence from its words; the check snapshot of the whole
+    utterance must reach the STT in the new turn (sent before the turn's start, the
+    runtime dropped it as stale, and every preempted turn waited out the check)."""
+    v = Voice(speculative=True, interim_ms=800, preemptive=True, settle_ms=64, cover_ms=250)
+    v.llm_gate.open()
+    outs, _ = await v.run(SPEECH_THEN_PAUSE)
+    events = [o.value for _, o in outs if o.name == "events"]
+    verdicts = [e for e in events if isinstance(e, Preempted)]
+    assert [(e.hit, e.interim, e.final) for e in verdicts] == [(True, "heard 20 windows", "heard 20 windows")]
+    assert v.llm_started == ["heard 20 windows"]  # one reply, from the interim's words
+    assert first_at(outs, "audio") == CONFIRM_AT  # confirmed at 480 ms of silence, not held for the check
+    assert (v.turning.preempted, v.turning.preempt_hits, v.turning.preempt_misses) == (1, 1, 0)
