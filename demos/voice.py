@@ -10,14 +10,14 @@ streams tokens) -> speech chunks (per session) -> Piper (streams audio per chunk
 Turn taking (nodes/vad.py, nodes/turn.py), which is where a voice reply's latency
 goes:
 
-- speculative end of turn: at 160 ms of silence the VAD starts the turn (STT, LLM
+- speculative end of turn: at 96 ms of silence the VAD starts the turn (STT, LLM
   and TTS run at once, their outputs held by the runtime); at the end of turn it
   confirms it and the held reply goes out; if the user goes on, the turn is
   abandoned (the LLM request aborted, nothing sent) and speculated again;
 - interim transcripts: every 600 ms of speech the utterance so far is transcribed
   in the same Whisper batches, and sent to the client as ``transcript`` with
   ``final: false``;
-- preemptive generation: the speculative turn starts 160 ms into a silence, from the
+- preemptive generation: the speculative turn starts 96 ms into a silence, from the
   latest interim transcript when it heard all but 250 ms of the speech (the LLM starts
   at once; the whole utterance is transcribed as a check, and a reply the check
   contradicts is redone from its words, none confirmed before they agree), else from
@@ -27,7 +27,8 @@ goes:
   finished" (P < 0.7), or words that trail off ("... for", "um"), hold it up to
   1.6 s of silence; 500 ms otherwise (300 ms after a finished question by the
   words alone);
-- first audio sooner: the reply's first clause is spoken on its own.
+- first audio sooner: the reply's first clause (or its first four words) is spoken
+  on its own.
 
 Talking over the reply interrupts it: the VAD emits ``Interrupt``, the runtime
 aborts the LLM request and drops the old turn's queued chunks and audio.
@@ -49,7 +50,7 @@ TURN_TAKING = {
     "first_silence_ms": 160,
     "interim_ms": 600,
     "preemptive": True,
-    "settle_ms": 160,  # (64 would start earlier, and a speculative turn at every short gap)
+    "settle_ms": 96,  # (64 starts a speculative turn, cheap now, at nearly every gap between words)
     "cover_ms": 250,
     "turn_model": "smart-turn-v3.2",
     "turn_done": 0.9,

@@ -1,5 +1,5 @@
 """First audio sooner: ``speech_chunks`` speaks each reply's first clause (up to a
-comma or about 8 words) on its own, then whole sentences; ``sentences`` stays as
+comma or its first 4 words) on its own, then whole sentences; ``sentences`` stays as
 it was."""
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def tokens(text: str, final: bool = True) -> list[TextDelta]:
     [
         (
             "The capital of France is Paris, a city of light. It is lovely.",
-            ["The capital of France is Paris,", "a city of light.", "It is lovely."],
+            ["The capital of France", "is Paris, a city of light.", "It is lovely."],
         ),
         (
             "Paris is the capital and largest city of France and its heart. Yes.",
-            ["Paris is the capital and largest city of", "France and its heart.", "Yes."],
+            ["Paris is the capital", "and largest city of France and its heart.", "Yes."],
         ),
         ("Paris. It is the capital, of course.", ["Paris.", "It is the capital, of course."]),
         ("It costs 1,000 euros. Cheap, really.", ["It costs 1,000 euros.", "Cheap, really."]),
@@ -66,13 +66,14 @@ def test_each_reply_starts_with_a_clause_again() -> None:
 
 def test_the_first_chunk_comes_before_the_first_sentence_ends() -> None:
     deltas = tokens("The capital of France is Paris, the city of light", final=False)
-    assert run(speech_chunks, deltas) == ["The capital of France is Paris,", "the city of light"]
+    assert run(speech_chunks, deltas) == ["The capital of France", "is Paris, the city of light"]
     assert run(sentences, deltas) == ["The capital of France is Paris, the city of light"]
 
 
 def test_first_clause_rules() -> None:
     assert first_clause("one, two") == (None, "one, two")  # a clause needs two words
     assert first_clause("one two, three") == ("one two,", " three")
-    assert first_clause("a b c d e f g h") == (None, "a b c d e f g h")  # the 8th word may go on
-    assert first_clause("a b c d e f g h i") == ("a b c d e f g h", "i")
+    assert first_clause("a b c d") == (None, "a b c d")  # the 4th word may go on
+    assert first_clause("a b c d e") == ("a b c d", "e")
+    assert first_clause("a b c d e", max_words=8) == (None, "a b c d e")
     assert first_clause("1,000 is a lot") == (None, "1,000 is a lot")
