@@ -56,6 +56,7 @@ from benchmarks.soakgates import gate_wave, rss_gate, rss_ratio
 from benchmarks.soakload import Load
 from benchmarks.soakserver import ServerProcess, Snapshot
 from chains.audio import read_wav
+from chains.loop import loop_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = ROOT / "demos" / "assets" / "question.wav"
@@ -389,7 +390,8 @@ def summary(out: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
-    out = anyio.run(amain, a)
+    # the callers' process on the loop the server runs on (chains/loop.py, CHAINS_LOOP)
+    out = anyio.run(amain, a, backend_options={"loop_factory": loop_factory()})
     write_json(a.json, summary(out))
     write_json(a.details, out)
     if a.plot is not None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from chains import loop as serving_loop
 from chains.errors import ChainsError
 
 
@@ -155,7 +156,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not sep:
             raise ChainsError(f"--remote wants NODE=URL, got {spec!r}")
         remotes[node] = url
-    asyncio.run(
+    serving_loop.run(
         serve_forever(
             chain,
             host=args.host,
@@ -173,7 +174,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from transport.remote import serve_node
 
     chain = load_chain(args.target)
-    asyncio.run(serve_node(chain, args.only, args.host, args.port, token=args.token))
+    serving_loop.run(serve_node(chain, args.only, args.host, args.port, token=args.token))
     return 0
 
 
