@@ -25,15 +25,17 @@ utterances (from any number of sessions) is transcribed in one call:
   encoder's work grows with the batch: 0.41 s per utterance in a batch of 8,
   no better than one at a time.
 
-A batch of one is encoded in a shorter window when it fits (``window_s``, default
-15 s): CTranslate2's encoder takes any length, its cost grows with it, and Whisper's
-30 s is mostly padding for a spoken turn. Measured here (tiny.en, 2 cores, 72 turns
-of the turn-taking set in three voices): 152 ms per clip against 362 ms for the
-30 s window, word error rate the same (0.130 both); a 10 s window (111 ms) began to
-repeat itself (0.139) and a window barely longer than the clip repeated on most
-clips, so the window is fixed, never fitted to the clip. The decoder's length is
-capped by the clip's duration, so that a repetition loop ends. Longer clips take
-the plain ``WhisperModel.transcribe`` path.
+A batch of up to three clips is encoded in shorter windows when they fit (``window_s``,
+default 15 s), one window per clip in one tensor batch: CTranslate2's encoder takes any
+length, its cost grows with it, and Whisper's 30 s is mostly padding for a spoken
+turn. Measured here (tiny.en, 2 cores, 72 turns of the turn-taking set in three
+voices): 152 ms per clip against 362 ms for the 30 s window, word error rate the same
+(0.130 both); a 10 s window (111 ms) began to repeat itself (0.139) and a window barely
+longer than the clip repeated on most clips, so the window is fixed, never fitted to
+the clip. Two clips: 233 ms against 463 ms packed; four: 464 against 461, so from four
+on the packed path takes over. The decoder's length is capped by the longest clip's
+duration, so that a repetition loop ends. Longer clips take the plain
+``WhisperModel.transcribe`` path.
 
 A ``Heard`` utterance (preemptive generation, nodes/turn.py) carries words already
 transcribed: its text goes on as the final transcript without a Whisper pass.
@@ -64,6 +66,7 @@ RATE = 16000
 MIN_CLIP = RATE // 10  # clips shorter than 100 ms are padded, so each has its own seek
 GAP = RATE  # silence between packed utterances
 WINDOW = 28 * RATE  # what one packed window may hold (Whisper hears 30 s)
+WINDOWED_BATCH = 3  # up to this many clips go in short windows (more: packed, see above)
 
 
 def pick_device(device: str) -> tuple[str, str]:
@@ -153,6 +156,8 @@ class WhisperSTT:
         return self._transcribe(clips)
 
     def _transcribe(self, clips: list[np.ndarray]) -> list[str]:
+        if self.window and len(clips) <= WINDOWED_BATCH and all(len(c) <= self.window - RATE for c in clips):
+            return self._windowed(clips)
         if len(clips) == 1 or self.strategy == "sequential":
             return [self._one(c) for c in clips]
         if self.strategy == "batched":
@@ -163,32 +168,34 @@ class WhisperSTT:
         return {"language": self.language, "beam_size": self.beam_size, "vad_filter": False}
 
     def _one(self, clip: np.ndarray) -> str:
-        if self.window and len(clip) <= self.window - RATE:
-            return self._windowed(clip)
         segments, _ = self.model.transcribe(
             clip, without_timestamps=True, condition_on_previous_text=False, **self._opts()
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
-    def _windowed(self, clip: np.ndarray) -> str:
-        """One clip encoded in a ``window_s`` window (see the module's docstring)."""
+    def _windowed(self, clips: list[np.ndarray]) -> list[str]:
+        """Clips encoded in ``window_s`` windows, one tensor batch (see the module's
+        docstring)."""
         import ctranslate2
 
-        feats = self.model.feature_extractor(clip)  # (mels, frames)
-        frames = self.window // self.model.feature_extractor.hop_length
-        feats = np.pad(feats, ((0, 0), (0, max(0, frames - feats.shape[-1]))))[:, :frames]
-        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
-        max_tokens = 16 + int(8 * len(clip) / RATE)  # speech is ~3-4 tokens/s: a loop stops here
-        (result,) = self.model.model.generate(
+        fe = self.model.feature_extractor
+        frames = self.window // fe.hop_length
+        feats = []
+        for c in clips:
+            f = fe(c)  # (mels, frames)
+            feats.append(np.pad(f, ((0, 0), (0, max(0, frames - f.shape[-1]))))[:, :frames])
+        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(feats), dtype=np.float32))
+        max_tokens = 16 + int(8 * max(len(c) for c in clips) / RATE)  # speech is ~3-4 tokens/s
+        results = self.model.model.generate(
             features,
-            [self._prompt],
+            [self._prompt] * len(clips),
             beam_size=self.beam_size,
             max_length=len(self._prompt) + max_tokens,
             suppress_blank=True,
             suppress_tokens=[-1],
         )
         eot = self._tokenizer.eot
-        return self._tokenizer.decode([t for t in result.sequences_ids[0] if t < eot]).strip()
+        return [self._tokenizer.decode([t for t in r.sequences_ids[0] if t < eot]).strip() for r in results]
 
     def _packed(self, clips: list[np.ndarray]) -> list[str]:
         texts = [""] * len(clips)
