@@ -25,17 +25,21 @@ utterances (from any number of sessions) is transcribed in one call:
   encoder's work grows with the batch: 0.41 s per utterance in a batch of 8,
   no better than one at a time.
 
-A batch of up to three clips is encoded in shorter windows when they fit (``window_s``,
-default 15 s), one window per clip in one tensor batch: CTranslate2's encoder takes any
-length, its cost grows with it, and Whisper's 30 s is mostly padding for a spoken
-turn. Measured here (tiny.en, 2 cores, 72 turns of the turn-taking set in three
-voices): 152 ms per clip against 362 ms for the 30 s window, word error rate the same
-(0.130 both); a 10 s window (111 ms) began to repeat itself (0.139) and a window barely
-longer than the clip repeated on most clips, so the window is fixed, never fitted to
-the clip. Two clips: 233 ms against 463 ms packed; four: 464 against 461, so from four
-on the packed path takes over. The decoder's length is capped by the longest clip's
-duration, so that a repetition loop ends. Longer clips take the plain
-``WhisperModel.transcribe`` path.
+Whisper always hears a 30 s window. ``window_s`` (off by default) encodes a batch of
+one or two clips in a shorter window each, one tensor batch: CTranslate2's encoder
+takes any length and its cost grows with it. Measured here (tiny.en, 2 cores, 72 turns
+of the turn-taking set in three voices): 158 ms per clip in a 15 s window, 189 ms in
+20 s, against 357 ms for 30 s, with the same word error rate on that set (0.130 each).
+But the set is Piper's voice: the demo's recorded question, cut with 0.1-0.3 s of
+lead and 0.05-1 s of tail, is heard "What is the capital of friends?" in 10 of 21
+cuts with a 20 s window, 6 with 24 s, and never with 30 s. Whisper was trained on
+30 s windows, and the shorter one costs accuracy on real speech, so it stays an
+option for a latency-first deployment that has measured it on its own callers. A
+10 s window began to repeat itself even on the set (0.139), and a window barely longer
+than the clip repeated on most clips, so the window is fixed, never fitted to the
+clip; the decoder's length is capped by the longest clip's duration, so that a
+repetition loop ends. Longer clips, and batches of three or more (which pack), take
+the paths below.
 
 A ``Heard`` utterance (preemptive generation, nodes/turn.py) carries words already
 transcribed: its text goes on as the final transcript without a Whisper pass.
@@ -66,7 +70,7 @@ RATE = 16000
 MIN_CLIP = RATE // 10  # clips shorter than 100 ms are padded, so each has its own seek
 GAP = RATE  # silence between packed utterances
 WINDOW = 28 * RATE  # what one packed window may hold (Whisper hears 30 s)
-WINDOWED_BATCH = 3  # up to this many clips go in short windows (more: packed, see above)
+WINDOWED_BATCH = 2  # up to this many clips go in short windows (more: packed, see above)
 
 
 def pick_device(device: str) -> tuple[str, str]:
@@ -93,7 +97,7 @@ class WhisperSTT:
         language: str = "en",
         cpu_threads: int = 0,
         strategy: str = "auto",
-        window_s: float = 15.0,
+        window_s: float = 30.0,
     ):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
