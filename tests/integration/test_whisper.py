@@ -113,3 +113,21 @@ def test_vad_ignores_silence_and_a_click() -> None:
         return [e async for e in vad(frames())]
 
     assert asyncio.run(go()) == []
+
+
+def test_a_shorter_window_transcribes_one_or_two_clips_and_longer_ones_as_before(stt, question) -> None:
+    """``window_s`` (off by default): one and two clips in 20 s windows, one tensor
+    batch; a clip that does not fit, and a batch of three, take the 30 s paths."""
+    pcm, rate = question
+    short = WhisperSTT(model="tiny.en", window_s=20).instantiate()
+    x = to_float(pcm)
+    assert short.window == 20 * 16000 and stt.window == 0  # the default hears 30 s
+    (one,) = short.transcribe([x])
+    a, b = short.transcribe([x, np.zeros(rate // 2, dtype=np.float32)])
+    assert {"capital", "france"} <= words(one) and {"capital", "france"} <= words(a), (one, a)
+    assert "capital" not in words(b), b
+    long = np.concatenate([np.zeros(19 * rate, dtype=np.float32), x])  # 21.7 s: past the window
+    assert {"capital", "france"} <= words(short.transcribe([long])[0])
+    assert all({"capital", "france"} <= words(t) for t in short.transcribe([x, x * 0.9, x * 0.8]))
+    with pytest.raises(ValueError, match="window_s"):
+        WhisperSTT(model="tiny.en", window_s=45).instantiate()
