@@ -316,7 +316,14 @@ class Runtime:
             async for out in sess:
                 if out.name == ERROR:
                     ev: ErrorEvent = out.value
-                    failure = NodeError(ev.node, ev.message, code=ev.code)
+                    failure = next(
+                        (
+                            e
+                            for e in sess.failures
+                            if (e.node, e.code, e.detail) == (ev.node, ev.code, ev.message)
+                        ),
+                        None,
+                    ) or NodeError(ev.node, ev.message, code=ev.code)
                     return
                 if out.name == EVENTS:
                     continue

@@ -80,6 +80,9 @@ class Session:
         # called with (the old epoch, the reason) at every interrupt: a transport that
         # paces audio learns there how much of the cut reply was played (transport/pacing.py)
         self.interrupt_listeners: list[Callable[[int, str], None]] = []
+        # the last few failures as raised (an ErrorEvent carries their code and text, so
+        # ``Runtime.call`` can raise the original: a WrongResultType, not a bare NodeError)
+        self.failures: deque[NodeError] = deque(maxlen=8)
         self._wire()
 
     @property
@@ -178,6 +181,7 @@ class Session:
         """Tell the client an item failed at ``stage`` (the stage counted it)."""
         if isinstance(exc, NodeError):
             code, msg = exc.code, exc.detail
+            self.failures.append(exc)
         else:
             code, msg = "node_error", f"{type(exc).__name__}: {exc}"
         if code == "shed":

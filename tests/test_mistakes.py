@@ -130,9 +130,9 @@ def streamed(t: Text):
 
 
 async def test_a_streaming_node_is_checked_per_item():
-    with pytest.raises(chains.NodeError) as e:  # (a session reports it by its code)
+    with pytest.raises(chains.WrongResultType) as e:  # through a session, the same exception
         await chains.call(streamed, Text(text="x"))
-    assert e.value.code == "wrong_type"
+    assert (e.value.code, e.value.declared, e.value.actual) == ("wrong_type", "TextDelta", "str 'b'")
     assert str(e.value) == ("node 'tokens' failed: returned str 'b', but it is annotated to return TextDelta")
 
 
