@@ -116,22 +116,10 @@ def voice_probe(audio: Stream[AudioFrame]):
     return {"transcript": heard, "reply": reply, "audio": PiperTTS()(chunks(reply))}
 
 
-def instance(rt: Any, cls: str) -> Any:
-    (inst,) = {
-        id(i): i
-        for st in rt.stages
-        for i in (
-            getattr(r, "_instance", r) for r in st.replicas.instances
-        )  # (unwrapped from its result check)
-        if type(i).__name__ == cls
-    }.values()
-    return inst
-
-
 def configure(rt: Any, cfg: dict[str, Any]) -> None:
     """A fresh turn-taking machine with the run's options on the VAD (the sessions of
     the run start after this), sharing the loaded end-of-turn model."""
-    vad = instance(rt, "SileroVAD")
+    (vad,) = rt.models("SileroVAD")
     opts = {k: v for k, v in cfg["turn"].items() if k != "turn_model"}
     model = vad.smart_turn.probability if cfg["turn"].get("turn_model") else None
     vad.turning = TurnTaking(**opts, turn_model=model, rate=RATE, window=WINDOW)

@@ -127,4 +127,9 @@ class _Checked:
         return getattr(self._instance, name)
 
 
-__all__ = ["checked", "result_check"]
+def unwrapped(replica: Any) -> Any:
+    """The node's own object behind a replica (its instance, not the result check)."""
+    return replica._instance if isinstance(replica, _Checked) else replica
+
+
+__all__ = ["checked", "result_check", "unwrapped"]

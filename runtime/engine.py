@@ -20,6 +20,7 @@ import anyio
 from chains.errors import ChainError, NodeError, Overloaded
 from chains.messages import ErrorEvent
 from chains.outputs import ERROR, EVENTS, Output
+from chains.results import unwrapped
 from chains.spec import checkable
 from runtime.autoscale import Autoscaler
 from runtime.batcher import Policy
@@ -250,6 +251,15 @@ class Runtime:
         elsewhere (a remote host) drop it now."""
         for rs in self._session_hooks:
             rs.provider.session_closed(rs.instances, sid)
+
+    def models(self, node: str) -> list[Any]:
+        """The loaded objects serving ``node`` (each live replica's instance, not the
+        result check around it), for tests and benchmarks that inspect or tune a model
+        in place."""
+        found = {
+            id(m): m for st in self.stages if st.name == node for m in map(unwrapped, st.replicas.instances)
+        }
+        return list(found.values())
 
     # --- one-shot helpers -----------------------------------------------------------
     async def _feed(self, sess: Session, inputs: tuple[Any, ...]) -> None:

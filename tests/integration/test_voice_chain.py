@@ -70,15 +70,8 @@ def runtime(loop) -> Iterator[Any]:
         yield rt
 
 
-def instance_of(rt: Any, cls: str) -> Any:
-    (inst,) = {
-        id(i): i
-        for st in rt.stages
-        for i in (
-            getattr(r, "_instance", r) for r in st.replicas.instances
-        )  # (unwrapped from its result check)
-        if type(i).__name__ == cls
-    }.values()
+def instance_of(rt: Any, node: str) -> Any:
+    (inst,) = rt.models(node)
     return inst
 
 
