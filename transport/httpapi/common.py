@@ -171,23 +171,23 @@ def node_failure(e: NodeError) -> HttpError:
     return HttpError(500, e.code, str(e), node=e.node)
 
 
-def overloaded(e: Overloaded, slots: Slots) -> HttpError:
+def busy(slots: Slots, reason: str) -> HttpError:
+    """503 ``overloaded`` with the slots' ``Retry-After`` hint, in the header and the text."""
     return HttpError(
         503,
         "overloaded",
-        f"{e}; retry after {slots.retry_after_header} s",
+        f"{reason}; retry after {slots.retry_after_header} s",
         headers={"Retry-After": slots.retry_after_header},
     )
+
+
+def overloaded(e: Overloaded, slots: Slots) -> HttpError:
+    return busy(slots, str(e))
 
 
 def refused(slots: Slots, what: str) -> HttpError:
     """No slot came free in the waiting room: 503 with ``Retry-After``."""
-    return HttpError(
-        503,
-        "overloaded",
-        f"the server is at its limit of {slots.size} {what}; retry after {slots.retry_after_header} s",
-        headers={"Retry-After": slots.retry_after_header},
-    )
+    return busy(slots, f"the server is at its limit of {slots.size} {what}")
 
 
 async def in_slot(slots: Slots, what: str, work: Callable[[], Awaitable[Any]]) -> Any:
