@@ -99,6 +99,8 @@ class WhisperSTT:
         strategy: str = "auto",
         window_s: float = 30.0,
     ):
+        if not 0 <= window_s <= 30:
+            raise ValueError(f"WhisperSTT window_s must be within 0-30 (0: Whisper's 30 s), not {window_s}")
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         from nodes.resolve import loading, whisper_path
@@ -127,19 +129,18 @@ class WhisperSTT:
         self.strategy = strategy
         self.beam_size = beam_size
         self.language = language
-        if not 0 <= window_s <= 30:
-            raise ValueError(f"WhisperSTT window_s must be within 0-30 (0: Whisper's 30 s), not {window_s}")
         self.window = int(window_s * RATE) if 0 < window_s < 30 else 0
-        from faster_whisper.tokenizer import Tokenizer
+        if self.window:  # the short-window path decodes through CTranslate2 itself
+            from faster_whisper.tokenizer import Tokenizer
 
-        tok = Tokenizer(
-            self.model.hf_tokenizer,
-            self.model.model.is_multilingual,
-            task="transcribe",
-            language=language if self.model.model.is_multilingual else None,
-        )
-        self._tokenizer = tok
-        self._prompt = [*tok.sot_sequence, tok.no_timestamps]
+            multilingual = self.model.model.is_multilingual
+            self._tokenizer = Tokenizer(
+                self.model.hf_tokenizer,
+                multilingual,
+                task="transcribe",
+                language=language if multilingual else None,
+            )
+            self._prompt = self.model.get_prompt(self._tokenizer, [], without_timestamps=True)
 
     @classmethod
     def chains_models(cls, model: str = "tiny.en", *args: object, **kwargs: object) -> list[chains.ModelRef]:
