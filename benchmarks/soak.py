@@ -291,7 +291,8 @@ async def churn(args: Any, speech: Speech, script: Script, env: dict[str, str]) 
                 waves.append(row)
                 print(f"soak: {json.dumps({k: v for k, v in row.items() if k != 'snapshot'})}", flush=True)
             outer.cancel_scope.cancel()
-    ratio = rss_ratio([s.rss_kib for s in snaps])
+    rss_kib = [s.rss_kib for s in snaps]
+    ratio, rss_ok = rss_ratio(rss_kib), rss_gate(rss_kib)
     plain = [r for r in load.results if r.fault is None]
     last = snaps[-1]
     assert base is not None
@@ -301,8 +302,8 @@ async def churn(args: Any, speech: Speech, script: Script, env: dict[str, str]) 
         "engine_kills": kills,
         "cold": cold.brief(),
         "baseline": base.brief(),
-        "rss_gate_passed": rss_gate([s.rss_kib for s in snaps]),
-        "gates_passed": all(w["gates_passed"] for w in waves) and rss_gate([s.rss_kib for s in snaps]),
+        "rss_gate_passed": rss_ok,
+        "gates_passed": all(w["gates_passed"] for w in waves) and rss_ok,
         "summary": {
             "sessions": sum(1 for r in load.results if r.ended),
             "ttfa_ms": _pcts(_answered([t for r in plain for t in r.turns])),
