@@ -315,6 +315,54 @@ class StreamResampler:
         return self._rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True)  # type: ignore[attr-defined]
 
 
+class Windower:
+    """Cuts a live stream of PCM16 frames, at any rate and of any length, into windows of
+    ``size`` float32 samples at ``rate`` Hz: what a frame-wise model takes (Silero: 512
+    samples at 16 kHz) from what a client sends (20 ms at 8-48 kHz). The remainder and
+    the resampler's state carry over between frames.
+
+    It runs for every frame of every live session, so frames already at ``rate`` only
+    append their bytes; the float conversion happens once per window. Each window is a
+    new array the caller may keep (the turn keeps its utterance's windows)."""
+
+    __slots__ = ("_pcm", "_rest", "_rs", "rate", "size")
+
+    def __init__(self, rate: int, size: int):
+        self.rate = check_rate(rate, "windows at")
+        if size < 1:
+            raise ValueError("window size must be >= 1 sample")
+        self.size = size
+        self._rs = StreamResampler(rate)
+        self._pcm = bytearray()  # PCM16 at ``rate`` not yet in a window
+        self._rest = np.zeros(0, dtype=np.float32)  # resampled samples not yet in a window
+
+    def push(self, pcm: bytes, sample_rate: int) -> list[np.ndarray]:
+        """The windows completed by one frame (often none or one)."""
+        if sample_rate != self.rate or len(self._rest):
+            return self._push_resampled(pcm, sample_rate)
+        _even(pcm, "audio")
+        buf = self._pcm
+        buf += pcm
+        step = 2 * self.size
+        if len(buf) < step:
+            return []
+        whole = len(buf) // step * step
+        x = np.frombuffer(buf, dtype=_PCM16, count=whole // 2).astype(np.float32)
+        x *= 1.0 / 32768.0
+        del buf[:whole]
+        return list(x.reshape(-1, self.size)) if whole > step else [x]
+
+    def _push_resampled(self, pcm: bytes, sample_rate: int) -> list[np.ndarray]:
+        parts = [self._rest, self._rs(pcm_to_float(pcm), sample_rate)]
+        if self._pcm:  # the rate changed: what was held at ``rate`` goes first
+            parts.insert(0, pcm_to_float(bytes(self._pcm)))
+            self._pcm.clear()
+        x = np.concatenate(parts)
+        n = len(x) // self.size * self.size
+        self._rest = x[n:].copy()
+        return [w.copy() for w in x[:n].reshape(-1, self.size)]
+
+
 __all__ = [
     "FRAME_MS",
     "MAX_RATE",
@@ -324,6 +372,7 @@ __all__ = [
     "AudioError",
     "PcmResampler",
     "StreamResampler",
+    "Windower",
     "check_rate",
     "duration_ms",
     "float_to_pcm",

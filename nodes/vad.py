@@ -66,8 +66,8 @@ import numpy as np
 
 import chains
 from chains import AudioFrame, Stream
+from chains.audio import Windower
 from nodes import tuning
-from nodes.audio import StreamResampler, pcm_to_float
 from nodes.turn import TurnTaking, VADOutput
 
 RATE = 16000
@@ -173,12 +173,9 @@ class SileroVAD:
     async def windows(self, frames: Stream[AudioFrame]) -> AsyncIterator[tuple[np.ndarray, float]]:
         """Each 512-sample window of the audio at 16 kHz with its speech probability."""
         state = self.new_state()
-        to16k = StreamResampler(RATE)
-        pending = np.zeros(0, dtype=np.float32)
+        windower = Windower(RATE, WINDOW)
         async for frame in frames:
             if not isinstance(frame, AudioFrame):
                 raise TypeError(f"SileroVAD wants AudioFrame items, got {type(frame).__name__}")
-            pending = np.concatenate([pending, to16k(pcm_to_float(frame.pcm), frame.sample_rate)])
-            while len(pending) >= WINDOW:
-                window, pending = pending[:WINDOW], pending[WINDOW:]
+            for window in windower.push(frame.pcm, frame.sample_rate):
                 yield window, self.probability(window, state)

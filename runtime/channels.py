@@ -43,6 +43,10 @@ class Edge:
         return len(self._q)
 
     # --- producer side ------------------------------------------------------------
+    def has_room(self) -> bool:
+        """A ``send_nowait`` now would not raise ``WouldBlock``."""
+        return len(self._q) < self._cap
+
     def send_nowait(self, item: Any) -> None:
         if self._rx_closed:
             raise BrokenResourceError
@@ -152,6 +156,9 @@ class Tagged:
     def __init__(self, tx: Edge, name: str):
         self._tx = tx
         self.name = name
+
+    def has_room(self) -> bool:
+        return self._tx.has_room()
 
     def send_nowait(self, item: Any) -> None:
         self._tx.send_nowait((self.name, item))

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio import EndOfStream, WouldBlock
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
 
 from chains.context import NodeContext, set_context
 from chains.errors import NodeError
@@ -211,6 +211,25 @@ class Session:
     async def send(self, item: Any, input: int | str = 0) -> None:
         """Feed one item to a chain input (waits while the chain is full)."""
         i = self.input_index(input)
+        await fan_out(self.input_senders[i], self._envelope(item, i))
+
+    def has_room(self, input: int) -> bool:
+        """Every consumer of input ``input`` can take an item now (``offer`` succeeds)."""
+        return all(tx.has_room() for tx in self.input_senders[input])
+
+    def offer(self, item: Any, input: int) -> bool:
+        """Feed one item without waiting: False, and nothing sent, when a consumer of
+        the input is full (the caller then ``send``s, which waits). What a socket's
+        fast lane uses: it runs inside the protocol's callback and cannot wait."""
+        if not self.has_room(input):
+            return False
+        env = self._envelope(item, input)
+        for tx in self.input_senders[input]:
+            with contextlib.suppress(BrokenResourceError, ClosedResourceError):
+                tx.send_nowait(env)  # (a consumer gone: its branch ended, as in fan_out)
+        return True
+
+    def _envelope(self, item: Any, i: int) -> Envelope:
         want = self.graph.inputs[i].type
         if checkable(want) and not isinstance(item, want):
             raise TypeError(
@@ -219,7 +238,7 @@ class Session:
             )
         now = time.monotonic()
         deadline = now + self.budget_s if self.budget_s is not None else float("inf")
-        await fan_out(self.input_senders[i], Envelope(item, next(self._seq), now, deadline, self.epoch))
+        return Envelope(item, next(self._seq), now, deadline, self.epoch)
 
     def close_input(self, input: int | str = 0) -> None:
         close_all(self.input_senders[self.input_index(input)])

@@ -17,6 +17,7 @@ from chains.audio import (
     AudioError,
     PcmResampler,
     StreamResampler,
+    Windower,
     check_rate,
     duration_ms,
     float_to_pcm,
@@ -245,3 +246,45 @@ def test_old_import_paths_are_the_same_objects() -> None:
     assert transport.audio.Resampler is audio.PcmResampler
     assert transport.audio.pcm_problem is audio.pcm_problem
     assert nodes.audio.StreamResampler is audio.StreamResampler and nodes.audio.resample is audio.resample
+
+
+# --- Windower: fixed windows from live frames -------------------------------------------
+def _tone_frames(n: int, size: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(size) * 3000).astype(np.int16).tobytes() for _ in range(n)]
+
+
+@pytest.mark.parametrize("frame", [160, 320, 512, 1000, 5000])
+def test_windower_cuts_frames_at_the_rate_into_the_same_windows_as_the_joined_stream(frame: int) -> None:
+    frames = _tone_frames(40, frame)
+    w = Windower(16000, 512)
+    got = [x.copy() for f in frames for x in w.push(f, 16000)]
+    whole = pcm_to_float(b"".join(frames))
+    want = [whole[i : i + 512] for i in range(0, len(whole) - 511, 512)]
+    assert len(got) == len(want)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert all(x.dtype == np.float32 and x.shape == (512,) for x in got)
+
+
+def test_windower_resamples_other_rates_with_one_filter_across_frames() -> None:
+    frames = _tone_frames(50, 960)  # 20 ms at 48 kHz
+    w, rs = Windower(16000, 512), StreamResampler(16000)
+    got = [x for f in frames for x in w.push(f, 48000)]
+    joined = np.concatenate([rs(pcm_to_float(f), 48000) for f in frames])
+    assert len(got) == len(joined) // 512
+    assert all(np.array_equal(a, joined[i * 512 : (i + 1) * 512]) for i, a in enumerate(got))
+
+
+def test_windower_keeps_windows_intact_after_later_frames() -> None:
+    w = Windower(16000, 512)
+    frames = _tone_frames(20, 320)
+    kept = [x for f in frames for x in w.push(f, 16000)]
+    copies = [x.copy() for x in kept]
+    for f in _tone_frames(20, 320, seed=1):
+        w.push(f, 16000)
+    assert all(np.array_equal(a, b) for a, b in zip(kept, copies, strict=True))
+
+
+def test_windower_refuses_odd_length_pcm() -> None:
+    with pytest.raises(AudioError, match="odd-length"):
+        Windower(16000, 512).push(b"\x00\x01\x02", 16000)

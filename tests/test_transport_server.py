@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -26,6 +27,7 @@ from tests.transport_fixtures import (
     speech_pcm,
     voice,
 )
+from transport.audioin import AudioInput
 from transport.client import Client, ClientError
 from transport.protocol import Done, Error, Metrics, TextOut, Transcript
 from transport.server import Limits, serve
@@ -98,6 +100,49 @@ async def test_full_voice_session():
         assert srv.stats["done"] == 1
         rt = srv.runtimes["voice"]
         assert rt.sessions == {}
+
+
+def _numbered(n: int, samples: int = 32) -> list[bytes]:
+    """``n`` distinct frames (frame i holds the value i), 2 ms each at 16 kHz."""
+    return [np.full(samples, i, dtype=np.int16).tobytes() for i in range(n)]
+
+
+async def _echoed(url: str, msgs: list[Any]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    start = {"type": "start", "sample_rate": RATE, "chain": "echo"}
+    got = await raw_session(url, start, *msgs, {"type": "end"})
+    return [m for m in got if isinstance(m, bytes)], json_of(got, "error")
+
+
+async def test_audio_frames_take_the_sockets_lane_in_order_and_bad_ones_are_still_refused(monkeypatch):
+    """Good frames go from the protocol straight into the session (the lane); a bad
+    frame among them is declined there and refused by the reader, in its place."""
+    taken: list[bool] = []
+    offer = AudioInput.offer
+
+    def counting(self: AudioInput, raw: bytes) -> bool:
+        taken.append(offer(self, raw))
+        return taken[-1]
+
+    monkeypatch.setattr(AudioInput, "offer", counting)
+    good = _numbered(120)
+    async with serve(CHAINS, port=0) as srv:
+        echoed, errors = await _echoed(srv.url, [*good[:60], b"\x01\x02\x03", *good[60:]])
+    assert b"".join(echoed) == b"".join(good)
+    assert [e["code"] for e in errors] == ["bad_audio"]
+    # sent in a burst: most frames before the bad one by the lane; after it, the queued
+    # ones by the reader until it has caught up
+    assert sum(taken) >= 30
+
+
+async def test_a_full_audio_input_sends_frames_the_waiting_way_and_loses_none():
+    """A slow chain: the lane declines while the input is full; the reader waits for
+    room (backpressure on the socket) and every frame arrives, in order."""
+    FAKE.slow_s = 0.004
+    good = _numbered(200)
+    async with serve(CHAINS, port=0) as srv:
+        echoed, errors = await _echoed(srv.url, good)
+    assert errors == []
+    assert b"".join(echoed) == b"".join(good)
 
 
 async def test_output_sample_rate_asked_by_the_client():

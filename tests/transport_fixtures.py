@@ -134,6 +134,8 @@ def shout(doc: Text):
 # --- an echo chain: every audio frame comes back (amplify: N frames per input) -------------
 @chains.node
 async def amplifier(f: AudioFrame) -> AsyncIterator[AudioFrame]:
+    if FAKE.slow_s:  # a slow consumer: the session's audio input fills
+        await asyncio.sleep(FAKE.slow_s)
     for _ in range(FAKE.amplify):
         FAKE.produced += 1
         yield f

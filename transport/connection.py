@@ -19,9 +19,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from chains.audio import PcmResampler, pcm_problem
 from chains.errors import Overloaded
-from chains.messages import AudioFrame, Text
+from chains.messages import Text
+from transport.audioin import AudioInput
 from transport.http import token_from, token_matches
 from transport.outputs import OutputMapper
 from transport.paced import PacedAudio
@@ -44,7 +44,7 @@ from transport.protocol import (
     encode,
 )
 from transport.settings import ConnectionSettings
-from transport.wsocket import AsgiSocket, SocketClosed
+from transport.wsocket import AsgiSocket, Lane, SocketClosed
 
 
 class Connection:
@@ -68,6 +68,7 @@ class Connection:
         self._mapper: OutputMapper | None = None
         self._inputs_ended = False
         self._closed_inputs: set[int] = set()
+        self._reader_idle = False  # the reader waits for a message: the lane may take audio
 
     # --- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -289,26 +290,23 @@ class Connection:
                 await self.send(tail)
 
     async def _reader(self, sess: Any, client_rate: int, in_rate: int, scope: anyio.CancelScope) -> None:
-        graph = sess.graph
-        audio_input = _audio_input(graph)
-        resampler = PcmResampler(client_rate, in_rate) if client_rate != in_rate else None
-        limit = self.limits.max_message_bytes
+        audio = AudioInput(sess, client_rate, in_rate, self.limits.max_message_bytes)
+        if audio.index is not None:
+            self.ws.set_lane(self._lane(audio))
         try:
             while True:
+                self._reader_idle = True
                 raw = await self.ws.recv()
+                self._reader_idle = False
                 self.last_rx = time.monotonic()
                 if not self._size_ok(raw):
                     return
                 if isinstance(raw, bytes):
-                    if audio_input is None:
-                        await self.error("no_audio_input", f"chain {graph.name!r} has no audio input")
-                    elif self._inputs_ended or audio_input in self._closed_inputs:
-                        await self.error("input_ended", "audio after `end`")
-                    elif (problem := pcm_problem(raw, limit)) is not None:
-                        await self.error("bad_audio", problem)
+                    refusal = audio.refusal(raw)
+                    if refusal is not None:
+                        await self.error(*refusal)
                     else:
-                        pcm = resampler.process(raw) if resampler is not None else raw
-                        await sess.send(AudioFrame(pcm=pcm, sample_rate=in_rate), audio_input)
+                        await audio.send(raw)
                     continue
                 try:
                     msg = decode_client(raw)
@@ -316,7 +314,7 @@ class Connection:
                     await self.error(e.code, e.message)
                     continue
                 if isinstance(msg, Input):
-                    await self._input(sess, msg, audio_input)
+                    await self._input(sess, msg, audio.index)
                 elif isinstance(msg, InterruptMsg):
                     sess.interrupt(msg.reason or "client")
                     assert self._mapper is not None
@@ -324,18 +322,32 @@ class Connection:
                     for m in [*self._paced.take(), *closing]:
                         await self.send(m)
                 elif isinstance(msg, End):
-                    if resampler is not None and audio_input is not None and not self._inputs_ended:
-                        tail = resampler.flush()  # the filter's look-ahead: the last few ms
-                        if tail and audio_input not in self._closed_inputs:
-                            await sess.send(AudioFrame(pcm=tail, sample_rate=in_rate), audio_input)
+                    if not self._inputs_ended:
+                        await audio.end()
                     self._inputs_ended = True
                     sess.close_inputs()
                 elif isinstance(msg, Start):
                     await self.error("already_started", f"session {sess.id} has already started")
         except SocketClosed:
             pass
+        finally:
+            self.ws.set_lane(None)  # the protocol must not hold the session past the reader
         self.stop(CLOSE_NORMAL, "client went away")
         scope.cancel()
+
+    def _lane(self, audio: AudioInput) -> Lane:
+        """The audio frame's fast lane: a good frame goes from the socket's protocol
+        straight into the session, with no ASGI message or reader wake-up. Only while
+        the reader waits with nothing queued, so that messages keep their order;
+        anything declined takes the reader's path, which reports it or waits."""
+
+        def take(raw: bytes) -> bool:
+            if self._reader_idle and audio.offer(raw):
+                self.last_rx = time.monotonic()
+                return True
+            return False
+
+        return take
 
     async def _input(self, sess: Any, msg: Input, audio_input: int | None) -> None:
         graph = sess.graph
@@ -394,13 +406,6 @@ class Connection:
 
 def _type_of(msg: Any) -> str:
     return type(msg).__struct_config__.tag
-
-
-def _audio_input(graph: Any) -> int | None:
-    for i, inp in enumerate(graph.inputs):
-        if inp.stream and isinstance(inp.type, type) and issubclass(inp.type, AudioFrame):
-            return i
-    return None
 
 
 def _convert(data: Any, want: Any) -> Any:

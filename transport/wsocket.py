@@ -5,7 +5,13 @@ A client that stops reading must be detected and dropped (``stall_timeout_s``): 
 needs the socket's write buffer bounded at ``write_limit`` (so a send waits instead of
 buffering without end), its size, and a way to abort a socket whose close frame can
 never be written. Keepalive pings (``ping_interval_s``) report their round trip
-(``latency``). ``protocol_class(limits)`` makes uvicorn's websocket protocol (the
+(``latency``). And a *lane* (``AsgiSocket.set_lane``): a callback that takes a binary
+message straight from the protocol, with no ASGI message, queue or task switch per
+message. On 20 ms audio frames (benchmarks/soak.py's callers), uvicorn's path costs
+about 10 us a frame more: the queue, the reader's wake-up and a pause and resume of
+reading per message. A server whose chain only consumes the audio went from 1.97 to
+1.51 ms of CPU per session-second with the lane (BENCHMARKS.md, sessions at scale).
+``protocol_class(limits)`` makes uvicorn's websocket protocol (the
 sans-I/O one on the ``websockets`` library) apply these limits and put itself in the
 ASGI scope's extensions under ``EXTENSION``; ``AsgiSocket`` finds it there. Under
 another ASGI server (no extension) the socket still works, without the write-buffer
@@ -15,6 +21,7 @@ figure and with a polite close instead of an abort.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -22,6 +29,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from transport.settings import Limits
 
 EXTENSION = "chains.websocket"
+
+Lane = Callable[[bytes], bool]
+"""Takes one whole binary message (True), or declines it (False: it goes the ASGI way)."""
 
 
 class SocketClosed(Exception):
@@ -44,6 +54,17 @@ def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             transport.set_write_buffer_limits(high=limits.write_limit)
+
+        lane: Lane | None = None
+
+        def handle_bytes(self, event: Any) -> None:
+            # The lane only while nothing waits in the queue: messages stay in order.
+            lane = self.lane
+            if lane is not None and event.fin and self.queue.empty() and not self.close_sent:
+                data = event.data
+                if lane(data if type(data) is bytes else bytes(data)):
+                    return
+            super().handle_bytes(event)
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
@@ -107,6 +128,14 @@ class AsgiSocket:
         with contextlib.suppress(OSError, RuntimeError):  # already closed by the peer or the server
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
+    def set_lane(self, lane: Lane | None) -> bool:
+        """Route binary messages to ``lane`` first (None: stop); False where the server
+        has no such hook (another ASGI server): every message then comes by ``recv``."""
+        if self._proto is None:
+            return False
+        self._proto.lane = lane
+        return True
+
     def abort(self) -> None:
         """Drop the socket without a close handshake (a peer that reads nothing)."""
         self.open = False
@@ -135,4 +164,4 @@ class AsgiSocket:
         return self.scope.get("query_string", b"").decode("latin-1")
 
 
-__all__ = ["EXTENSION", "AsgiSocket", "SocketClosed", "protocol_class"]
+__all__ = ["EXTENSION", "AsgiSocket", "Lane", "SocketClosed", "protocol_class"]

@@ -39,7 +39,7 @@ import numpy as np
 import chains
 from benchmarks import census
 from chains import AudioFrame, Stream, Text, TextDelta, Utterance
-from nodes.audio import StreamResampler, float_to_pcm, pcm_to_float
+from chains.audio import Windower, float_to_pcm
 from nodes.sentences import speech_chunks
 from nodes.turn import Interim, Snapshot, TurnTaking, VADOutput, transcripts
 
@@ -79,7 +79,7 @@ def _cost(ak: tuple[float, float], b: int) -> float:
 def _probability(window: np.ndarray) -> float:
     """Speech probability from energy: the stand-in for Silero (0 in digital silence,
     near 1 for speech at conversational level)."""
-    rms = float(np.sqrt(np.mean(window * window))) if len(window) else 0.0
+    rms = math.sqrt(float(window.dot(window)) / len(window)) if len(window) else 0.0  # (np.mean: 9x slower)
     return 1.0 / (1.0 + math.exp(-(20.0 * math.log10(rms + 1e-9) + 40.0) / 3.0))
 
 
@@ -96,12 +96,9 @@ class FakeVAD:
             yield out
 
     async def windows(self, frames: Stream[AudioFrame]) -> AsyncIterator[tuple[np.ndarray, float]]:
-        to16k = StreamResampler(RATE)
-        pending = np.zeros(0, dtype=np.float32)
+        windower = Windower(RATE, WINDOW)  # the real SileroVAD's windows
         async for frame in frames:
-            pending = np.concatenate([pending, to16k(pcm_to_float(frame.pcm), frame.sample_rate)])
-            while len(pending) >= WINDOW:
-                window, pending = pending[:WINDOW], pending[WINDOW:]
+            for window in windower.push(frame.pcm, frame.sample_rate):
                 yield window, _probability(window)
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import msgspec
 
-from chains.messages import AudioFrame, Text
+from chains.messages import Text
+from transport.audioin import audio_input_of
 from transport.httpapi.common import HttpError, validation_error
 
 
@@ -35,15 +36,15 @@ def chain_inputs(graph: Any, body: Any) -> tuple[Any, ...]:
     """The positional inputs of one call of ``graph`` from a decoded JSON body."""
     inputs = graph.inputs
     names = [i.name for i in inputs]
-    for inp in inputs:
-        if inp.stream and isinstance(inp.type, type) and issubclass(inp.type, AudioFrame):
-            raise HttpError(
-                422,
-                "audio_input",
-                f"chain {graph.name!r} takes audio ({inp.name!r}): use the websocket protocol, "
-                "or POST a wav to /v1/audio/transcriptions",
-                param=inp.name,
-            )
+    audio = audio_input_of(graph)
+    if audio is not None:
+        raise HttpError(
+            422,
+            "audio_input",
+            f"chain {graph.name!r} takes audio ({names[audio]!r}): use the websocket protocol, "
+            "or POST a wav to /v1/audio/transcriptions",
+            param=names[audio],
+        )
     by_name = isinstance(body, dict) and set(body) == set(names)
     if len(inputs) == 1 and not by_name:
         return (_one(inputs[0], body, "", graph.name),)
