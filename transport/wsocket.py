@@ -25,8 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from transport.settings import Limits
+from transport.wsframes import frame_at, plain_binary, unmasked
 
 EXTENSION = "chains.websocket"
 
@@ -56,6 +58,56 @@ def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
             transport.set_write_buffer_limits(high=limits.write_limit)
 
         lane: Lane | None = None
+        _cutting: bool | None = None  # this side cuts the frames (None: not decided yet)
+        _held = b""  # the start of a frame not yet whole
+
+        def data_received(self, data: bytes) -> None:
+            # Cut from the first read after the handshake, when the parser waits at a frame
+            # boundary (a client sends no frame before the 101): from then on it gets whole
+            # frames only, so it stays at a boundary.
+            if self._cutting is None and self.conn.state is State.OPEN:
+                self._cutting = not self.conn.reader.buffer
+            if not self._cutting:
+                super().data_received(data)
+                return
+            if self._held:
+                data, self._held = self._held + data, b""
+            self._cut(data)
+
+        def _cut(self, data: bytes) -> None:
+            """Whole frames from ``data``: a plain binary message to the lane (unmasked
+            here), the other frames and what the lane declines to the ``websockets``
+            parser as they came, in order; an incomplete last frame is held for the next
+            read. Past the size limit the rest goes to the parser, which refuses it."""
+            conn = self.conn
+            pos = given = 0  # data[given:pos]: whole frames for the parser, not yet given
+            n, limit = len(data), conn.max_message_size or len(data)
+            while (frame := frame_at(data, pos)) is not None:
+                head, size = frame
+                if size > limit:
+                    pos, self._cutting = n, False
+                    break
+                if head + size > n:
+                    break
+                if plain_binary(data, pos) and self.lane is not None:
+                    if given < pos:
+                        super().data_received(data[given:pos])
+                        given = pos
+                    lane = self.lane
+                    if (
+                        lane is not None
+                        and conn.state is State.OPEN
+                        and conn.current_size
+                        is None  # (a new message inside a fragmented one: refused by the parser)
+                        and self.queue.empty()
+                        and not self.close_sent
+                        and lane(unmasked(data, head, size))
+                    ):
+                        given = head + size
+                pos = head + size
+            self._held = data[pos:]
+            if given < pos:
+                super().data_received(data[given:pos])
 
         def handle_bytes(self, event: Any) -> None:
             # The lane only while nothing waits in the queue: messages stay in order.
