@@ -51,11 +51,11 @@ from typing import Any
 import anyio
 
 from benchmarks._common import machine, parser, percentile, write_json
-from benchmarks.soakclient import ChainsClient, Result, Script, Speech, call
+from benchmarks.soakclient import RealtimeClient, Result, Script, Speech, call
 from benchmarks.soakgates import gate_wave, rss_gate, rss_ratio
 from benchmarks.soakload import Load
 from benchmarks.soakserver import ServerProcess, Snapshot
-from chains.audio import read_wav
+from chains.audio import read_wav, resample_pcm
 from chains.loop import loop_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,11 +104,18 @@ def _breakdown(results: list[Result], t0: float, t1: float) -> dict[str, float]:
     return {k: round(percentile([b[k] for b in rows if k in b], 0.5), 1) for k in keys}
 
 
+def _protocol(args: Any, srv: ServerProcess) -> dict[str, str]:
+    """The callers' protocol, and the chain's name where the protocol names it."""
+    if args.protocol == "realtime":
+        return {"protocol": "realtime", "model": srv.chain_name()}
+    return {"protocol": args.protocol}
+
+
 # --- density ----------------------------------------------------------------------------
 async def _probe(load: Load, turns: int) -> Result:
     """One caller beside the load (vLLM bench's probe): its TTFA against its idle one."""
     res = Result(started=time.monotonic())
-    client = ChainsClient(load.url, load.speech.rate, load.out_rate)
+    client = load.client()
     await call(client, load.speech, Script(**{**load.script.__dict__, "turns": turns}), None, res)
     return res
 
@@ -118,7 +125,7 @@ async def density(args: Any, speech: Speech, script: Script, env: dict[str, str]
     budget = args.budget_ms
     rows: list[dict[str, Any]] = []
     with ServerProcess(args.chain, max_sessions=max(levels) * 2 + 16, env=env) as srv:
-        load = Load(srv.url, speech, script, out_rate=args.out_rate)
+        load = Load(srv.url, speech, script, out_rate=args.out_rate, **_protocol(args, srv))
         if not args.quick:
             await _probe(load, 1)  # warm the server's paths once
         idle = await _probe(load, args.probe_turns)
@@ -235,6 +242,7 @@ async def churn(args: Any, speech: Speech, script: Script, env: dict[str, str]) 
             script,
             out_rate=args.out_rate,
             fault_every=args.fault_every if args.faults else 0,
+            **_protocol(args, srv),
         )
         cold = await _snap(srv)
         t_start = time.monotonic()
@@ -338,6 +346,12 @@ def _args(argv: list[str] | None) -> Any:
     p.add_argument("--soak-turns", type=int, default=1, help="turns per caller (soak: churn is the point)")
     p.add_argument("--soak-reply", choices=("long", "short"), default="short", help="the fake reply (soak)")
     p.add_argument("--frame-ms", type=int, default=20)
+    p.add_argument(
+        "--protocol",
+        choices=("chains", "realtime"),
+        default="chains",
+        help="the callers' protocol: ours, or OpenAI Realtime (base64 PCM16 at 24 kHz in JSON events)",
+    )
     p.add_argument("--out-rate", type=int, default=16000, help="reply audio rate the callers ask for")
     p.add_argument("--faults", action="store_true", help="some callers drop their socket or stall reading")
     p.add_argument("--fault-every", type=int, default=10)
@@ -362,6 +376,8 @@ async def amain(a: Any) -> dict[str, Any]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per caller, here and in the server
     pcm, rate = read_wav(QUESTION)
+    if a.protocol == "realtime":  # the protocol's one rate: the callers send 24 kHz
+        pcm, rate = resample_pcm(pcm, rate, RealtimeClient.RATE), RealtimeClient.RATE
     speech = Speech.from_pcm(pcm, rate)
     script = Script(turns=a.turns, frame_ms=a.frame_ms, turn_timeout_s=max(15.0, 3 * a.budget_ms / 1000))
     env = {"FAKEVOICE_SPEEDUP": str(a.speedup), "FAKEVOICE_REPLY": a.reply}

@@ -2,9 +2,8 @@
 reply at real-time pace, timing each turn's first audio.
 
 The caller talks to the server through a ``VoiceClient`` (open, send audio, end,
-receive events, abort), so another protocol (the OpenAI Realtime one, once the server
-speaks it) is one more class; ``ChainsClient`` is our own websocket protocol
-(transport/client.py).
+receive events, abort): ``ChainsClient`` is our own websocket protocol
+(transport/client.py), ``RealtimeClient`` the OpenAI Realtime one.
 
 A turn: the question's frames at real-time pace, then silence at the same pace while
 the reply plays (a phone line never goes quiet), until the reply's audio has
@@ -22,13 +21,17 @@ first reply audio arrives; ``stall`` stops reading for ``stall_s`` at that point
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+import msgspec
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from chains.audio import silence, split_frames
 from chains.messages import AudioFrame
@@ -141,6 +144,71 @@ class Result:
 def _frames(speech: Speech, frame_ms: int) -> list[bytes]:
     """The question's frames, split once for every caller (not once per call)."""
     return split_frames(speech.pcm, speech.rate, frame_ms)
+
+
+class RealtimeClient:
+    """The OpenAI Realtime protocol (``/v1/realtime?model=CHAIN``) as a raw websocket, as
+    the ``openai`` SDK speaks it: ``input_audio_buffer.append`` events of base64 PCM16
+    at 24 kHz, turns found by the server's VAD (``server_vad``, the default), the reply
+    as ``response.output_audio.delta`` events. The protocol has no `end`: the caller
+    closes, and the close is this session's ``done``. The question's frames are the same
+    for every caller, so each frame's event is encoded once (``_append``)."""
+
+    RATE = 24000
+
+    def __init__(self, url: str, chain: str):
+        base = url.replace("http://", "ws://").rstrip("/")
+        self.url = f"{base}/v1/realtime?model={chain}"
+        self.ws: Any = None
+        self._ended = False
+
+    async def open(self) -> None:
+        from websockets.asyncio.client import connect
+
+        self.ws = await connect(self.url, compression=None, max_size=None, open_timeout=30.0)
+        first = msgspec.json.decode(await self.ws.recv())
+        if first.get("type") != "session.created":
+            raise ClientError(f"realtime: expected session.created, got {first.get('type')}")
+
+    async def send_audio(self, pcm: bytes) -> None:
+        try:
+            await self.ws.send(_append(pcm))
+        except ConnectionClosed as e:
+            raise ClientError(f"realtime: closed ({e})") from e
+
+    async def end(self) -> None:
+        self._ended = True
+        await self.close()
+
+    async def receive(self) -> tuple[str, Any]:
+        try:
+            raw = await self.ws.recv()
+        except ConnectionClosed as e:
+            if self._ended:
+                return "done", None
+            raise ClientError(f"realtime: closed ({e})") from e
+        msg = msgspec.json.decode(raw)
+        kind = msg.get("type")
+        if kind == "response.output_audio.delta":
+            return "audio", len(base64.b64decode(msg["delta"])) / 2 / self.RATE
+        if kind == "error":
+            return "error", msg.get("error", {}).get("code")
+        return "other", kind
+
+    def abort(self) -> None:
+        if self.ws is not None:
+            self.ws.transport.abort()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _append(pcm: bytes) -> str:
+    """One ``input_audio_buffer.append`` event (the same frames recur in every call)."""
+    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(pcm).decode() + '"}'
 
 
 @dataclass(frozen=True)
@@ -275,4 +343,4 @@ async def call(
     return res
 
 
-__all__ = ["ChainsClient", "Result", "Script", "Speech", "Turn", "VoiceClient", "call"]
+__all__ = ["ChainsClient", "RealtimeClient", "Result", "Script", "Speech", "Turn", "VoiceClient", "call"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
-from benchmarks.soakclient import ChainsClient, Result, Script, Speech, call
+from benchmarks.soakclient import ChainsClient, RealtimeClient, Result, Script, Speech, VoiceClient, call
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Load:
     started: int = 0
     fault_every: int = 0  # every n-th caller plays a fault (0: none)
     faults: tuple[str, ...] = ("drop", "stall")
+    protocol: str = "chains"  # or "realtime" (OpenAI Realtime; ``model`` names the chain)
+    model: str = ""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -43,8 +45,14 @@ class Load:
             return self.faults[(self.started // self.fault_every) % len(self.faults)]
         return None
 
+    def client(self) -> VoiceClient:
+        """A new caller's connection, in the load's protocol."""
+        if self.protocol == "realtime":
+            return RealtimeClient(self.url, self.model)
+        return ChainsClient(self.url, self.speech.rate, self.out_rate)
+
     async def one(self, script: Script | None = None, fault: str | None = None) -> Result:
-        client = ChainsClient(self.url, self.speech.rate, self.out_rate)
+        client = self.client()
         res = Result(started=time.monotonic())
         self.results.append(res)
         self.active += 1

@@ -112,6 +112,13 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
 
+    def chain_name(self) -> str:
+        """The served chain's name (its Realtime ``model``), from ``/v1/models``."""
+        import json
+
+        with urllib.request.urlopen(self.http + "/v1/models", timeout=30) as r:
+            return str(json.loads(r.read())["data"][0]["id"])
+
     def metrics_text(self) -> str:
         with urllib.request.urlopen(self.http + "/metrics", timeout=60) as r:
             return str(r.read().decode())

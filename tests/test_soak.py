@@ -101,3 +101,29 @@ def test_quick_soak_passes_its_gates_and_writes_the_summary(tmp_path: Path) -> N
     assert all(w["gates_passed"] for w in waves), [w["gates_failed"] for w in waves]
     assert sum(w["faulted"] for w in waves) >= 2  # the quick run's callers played faults too
     assert summary["soak"]["sessions"] == sum(w["sessions"] for w in waves)
+
+
+def test_a_soak_caller_speaks_openai_realtime_to_the_fake_voice_chain() -> None:
+    """The soak's second protocol: a caller through ``/v1/realtime`` (base64 PCM16 at
+    24 kHz, server VAD) gets each turn answered and ends cleanly by closing."""
+    import anyio
+
+    from benchmarks.soakclient import RealtimeClient, Script, Speech, call
+    from chains.audio import read_wav, resample_pcm
+    from chains.loader import load_chain
+    from transport.server import serve
+
+    chain = load_chain(str(ROOT / "benchmarks/soak_chains/fakevoice.py"))
+    pcm, rate = read_wav(ROOT / "demos/assets/question.wav")
+    speech = Speech.from_pcm(resample_pcm(pcm, rate, RealtimeClient.RATE), RealtimeClient.RATE)
+
+    async def one() -> object:
+        async with serve(chain, port=0) as srv:
+            client = RealtimeClient(f"http://127.0.0.1:{srv.port}", chain.name)
+            return await call(client, speech, Script(turns=2))
+
+    res = anyio.run(one)
+    assert res.done and res.failure is None, res  # type: ignore[attr-defined]
+    turns = res.turns  # type: ignore[attr-defined]
+    assert [t.outcome for t in turns] == ["answered", "answered"]
+    assert all(t.audio_s > 0.5 for t in turns)
