@@ -152,3 +152,19 @@ async def test_a_frame_over_the_limit_is_refused_by_the_parser_with_1009() -> No
         got = await _session(srv.port, _splits(wire, "random"))
     closes = [m for m in got if isinstance(m, tuple)]
     assert closes and int.from_bytes(closes[-1][1], "big") == 1009
+
+
+async def test_after_a_big_frame_the_parser_takes_the_stream_and_nothing_is_lost() -> None:
+    """A frame over the cut size (64 KiB) hands the rest of the stream to the parser."""
+    start = json.dumps({"type": "start", "sample_rate": RATE, "chain": "echo"}).encode()
+    small, big = _numbered(30), np.arange(40_000, dtype=np.int16).tobytes()  # 80 KB
+    wire = _wire(
+        Frame(Opcode.TEXT, start),
+        *[Frame(Opcode.BINARY, f) for f in small[:10]],
+        Frame(Opcode.BINARY, big),
+        *[Frame(Opcode.BINARY, f) for f in small[10:]],
+        Frame(Opcode.TEXT, b'{"type": "end"}'),
+    )
+    async with serve(CHAINS, port=0, limits=Limits(max_message_bytes=1 << 20)) as srv:
+        got = await _session(srv.port, _splits(wire, "random"))
+    assert b"".join(m for m in got if isinstance(m, bytes)) == b"".join([*small[:10], big, *small[10:]])

@@ -31,6 +31,7 @@ from transport.settings import Limits
 from transport.wsframes import frame_at, plain_binary, unmasked
 
 EXTENSION = "chains.websocket"
+CUT_MAX = 65536  # frames up to this size are cut here (an audio frame: a few KiB)
 
 Lane = Callable[[bytes], bool]
 """Takes one whole binary message (True), or declines it (False: it goes the ASGI way)."""
@@ -78,13 +79,15 @@ def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
             """Whole frames from ``data``: a plain binary message to the lane (unmasked
             here), the other frames and what the lane declines to the ``websockets``
             parser as they came, in order; an incomplete last frame is held for the next
-            read. Past the size limit the rest goes to the parser, which refuses it."""
+            read. From a frame over ``CUT_MAX`` on, the parser takes the stream (it
+            buffers a long message without copying it at every read, and refuses one
+            over the size limit)."""
             conn = self.conn
             pos = given = 0  # data[given:pos]: whole frames for the parser, not yet given
             n, limit = len(data), conn.max_message_size or len(data)
             while (frame := frame_at(data, pos)) is not None:
                 head, size = frame
-                if size > limit:
+                if size > min(limit, CUT_MAX):  # big: the parser takes this and all that follows
                     pos, self._cutting = n, False
                     break
                 if head + size > n:
