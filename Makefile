@@ -23,7 +23,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check chains runtime transport nodes demos tests benchmarks examples docs
 	$(BIN)/mypy runtime transport
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 docs: setup
 	$(BIN)/python docs/build_api.py out/api

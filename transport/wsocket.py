@@ -10,7 +10,7 @@ message straight from the protocol, with no ASGI message, queue or task switch p
 message. On 20 ms audio frames (benchmarks/soak.py's callers), uvicorn's path costs
 about 10 us a frame more: the queue, the reader's wake-up and a pause and resume of
 reading per message. A server whose chain only consumes the audio went from 1.97 to
-1.51 ms of CPU per session-second with the lane (BENCHMARKS.md, sessions at scale).
+1.51 ms of CPU per session-second with the lane (the soak benchmark's figures).
 ``protocol_class(limits)`` makes uvicorn's websocket protocol (the
 sans-I/O one on the ``websockets`` library) apply these limits and put itself in the
 ASGI scope's extensions under ``EXTENSION``; ``AsgiSocket`` finds it there. Under
