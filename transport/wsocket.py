@@ -97,11 +97,11 @@ def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
                         super().data_received(data[given:pos])
                         given = pos
                     lane = self.lane
+                    # (not inside a fragmented message: a new one there is the parser's error)
                     if (
                         lane is not None
                         and conn.state is State.OPEN
-                        and conn.current_size
-                        is None  # (a new message inside a fragmented one: refused by the parser)
+                        and conn.current_size is None
                         and self.queue.empty()
                         and not self.close_sent
                         and lane(unmasked(data, head, size))
