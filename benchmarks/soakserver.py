@@ -9,6 +9,7 @@ the leak gates must read the process that serves, not the one that calls.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -114,8 +115,6 @@ class ServerProcess:
 
     def chain_name(self) -> str:
         """The served chain's name (its Realtime ``model``), from ``/v1/models``."""
-        import json
-
         with urllib.request.urlopen(self.http + "/v1/models", timeout=30) as r:
             return str(json.loads(r.read())["data"][0]["id"])
 

@@ -32,7 +32,7 @@ class AudioInput:
         self.index = audio_input_of(sess.graph)
         self.rate = rate
         self.limit = limit
-        self.closed = False  # after `end`: no more audio
+        self.closed = False  # after `end`: no more input of any kind (the connection reads it too)
         self._rs = PcmResampler(client_rate, rate) if client_rate != rate else None
 
     def refusal(self, raw: bytes) -> tuple[str, str] | None:
@@ -48,8 +48,10 @@ class AudioInput:
         """Feed ``raw`` now if it is good audio and the input has room; else False
         (nothing taken: the reader refuses it or waits for room)."""
         i = self.index
-        if i is None or self.closed or pcm_problem(raw, self.limit) is not None or not self.sess.has_room(i):
+        if i is None or self.closed or pcm_problem(raw, self.limit) is not None:
             return False
+        if self._rs is not None and not self.sess.has_room(i):
+            return False  # (the resampler must not take a frame that then is not sent)
         return bool(self.sess.offer(self._frame(raw), i))
 
     async def send(self, raw: bytes) -> None:
@@ -57,7 +59,8 @@ class AudioInput:
         await self.sess.send(self._frame(raw), self.index)
 
     async def end(self) -> None:
-        """The client's `end`: the resampler's look-ahead (the last few ms) goes in."""
+        """The client's `end` (again: nothing more): the resampler's look-ahead (the
+        last few ms) goes in, and no audio after it."""
         if self._rs is not None and self.index is not None and not self.closed:
             tail = self._rs.flush()
             if tail:

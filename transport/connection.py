@@ -20,9 +20,9 @@ import anyio
 import msgspec
 
 from chains.errors import Overloaded
-from chains.messages import Text
 from transport.audioin import AudioInput
 from transport.http import token_from, token_matches
+from transport.httpapi.inputs import as_input
 from transport.outputs import OutputMapper
 from transport.paced import PacedAudio
 from transport.protocol import (
@@ -66,7 +66,6 @@ class Connection:
         self.stalled = False
         self.max_buffered = 0  # largest socket write buffer seen (bytes): tests read it
         self._mapper: OutputMapper | None = None
-        self._inputs_ended = False
         self._closed_inputs: set[int] = set()
         self._reader_idle = False  # the reader waits for a message: the lane may take audio
 
@@ -314,7 +313,7 @@ class Connection:
                     await self.error(e.code, e.message)
                     continue
                 if isinstance(msg, Input):
-                    await self._input(sess, msg, audio.index)
+                    await self._input(sess, msg, audio)
                 elif isinstance(msg, InterruptMsg):
                     sess.interrupt(msg.reason or "client")
                     assert self._mapper is not None
@@ -322,9 +321,7 @@ class Connection:
                     for m in [*self._paced.take(), *closing]:
                         await self.send(m)
                 elif isinstance(msg, End):
-                    if not self._inputs_ended:
-                        await audio.end()
-                    self._inputs_ended = True
+                    await audio.end()
                     sess.close_inputs()
                 elif isinstance(msg, Start):
                     await self.error("already_started", f"session {sess.id} has already started")
@@ -349,7 +346,8 @@ class Connection:
 
         return take
 
-    async def _input(self, sess: Any, msg: Input, audio_input: int | None) -> None:
+    async def _input(self, sess: Any, msg: Input, audio: AudioInput) -> None:
+        audio_input = audio.index
         graph = sess.graph
         names = [i.name for i in graph.inputs]
         if msg.input is None:
@@ -364,11 +362,11 @@ class Connection:
             return
         assert idx is not None
         inp = graph.inputs[idx]
-        if self._inputs_ended or idx in self._closed_inputs:
+        if audio.closed or idx in self._closed_inputs:
             await self.error("input_closed", f"input {inp.name!r} takes no more items")
             return
         try:
-            value = _convert(msg.data, inp.type)
+            value = as_input(msg.data, inp.type)
         except msgspec.ValidationError as e:
             text = str(e).replace("`$", "`$.data")
             if " - at `" not in text:
@@ -406,15 +404,6 @@ class Connection:
 
 def _type_of(msg: Any) -> str:
     return type(msg).__struct_config__.tag
-
-
-def _convert(data: Any, want: Any) -> Any:
-    """A JSON value as the chain input's type (a bare string is accepted for ``Text``)."""
-    if want is Any or want is object:
-        return data
-    if isinstance(want, type) and issubclass(want, Text) and isinstance(data, str):
-        return want(text=data)
-    return msgspec.convert(data, want)
 
 
 __all__ = ["Connection"]

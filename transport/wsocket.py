@@ -93,17 +93,15 @@ def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
                 if head + size > n:
                     break
                 if plain_binary(data, pos) and self.lane is not None:
-                    if given < pos:
+                    if given < pos:  # first what came before it (it may queue a message)
                         super().data_received(data[given:pos])
                         given = pos
-                    lane = self.lane
+                    lane = self._open_lane()
                     # (not inside a fragmented message: a new one there is the parser's error)
                     if (
                         lane is not None
                         and conn.state is State.OPEN
                         and conn.current_size is None
-                        and self.queue.empty()
-                        and not self.close_sent
                         and lane(unmasked(data, head, size))
                     ):
                         given = head + size
@@ -113,13 +111,18 @@ def protocol_class(limits: Limits) -> type[WebSocketsSansIOProtocol]:
                 super().data_received(data[given:pos])
 
         def handle_bytes(self, event: Any) -> None:
-            # The lane only while nothing waits in the queue: messages stay in order.
-            lane = self.lane
-            if lane is not None and event.fin and self.queue.empty() and not self.close_sent:
+            lane = self._open_lane()
+            if lane is not None and event.fin:
                 data = event.data
                 if lane(data if type(data) is bytes else bytes(data)):
                     return
             super().handle_bytes(event)
+
+        def _open_lane(self) -> Lane | None:
+            """The lane, if it may take a message now: only while nothing waits in the
+            ASGI queue (so messages stay in order) and the app has not closed."""
+            lane = self.lane
+            return lane if lane is not None and self.queue.empty() and not self.close_sent else None
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)

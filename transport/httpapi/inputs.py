@@ -20,14 +20,21 @@ from transport.audioin import audio_input_of
 from transport.httpapi.common import HttpError, validation_error
 
 
-def convert(data: Any, want: Any, where: str, what: str) -> Any:
-    """A JSON value as ``want`` (``Any`` passes through; a bare string is a ``Text``)."""
+def as_input(data: Any, want: Any) -> Any:
+    """A JSON value as a chain input's type ``want`` (``Any`` passes through; a bare
+    string is a ``Text``); ``msgspec.ValidationError`` when it is not one. The HTTP API
+    and the websocket protocol's `input` message both convert with it."""
     if want is Any or want is object:
         return data
     if isinstance(want, type) and issubclass(want, Text) and isinstance(data, str):
         return want(text=data)
+    return msgspec.convert(data, want)
+
+
+def convert(data: Any, want: Any, where: str, what: str) -> Any:
+    """``as_input``, a wrong value as a 422 naming the field."""
     try:
-        return msgspec.convert(data, want)
+        return as_input(data, want)
     except msgspec.ValidationError as e:
         raise validation_error(e, where, what) from None
 
