@@ -26,17 +26,22 @@ Where the reply's latency goes, and what starts it early:
   (``Interrupt(reason=ABANDONED)``: the runtime discards it, nothing is sent);
 - interim snapshots (``interim_ms``): the utterance so far, transcribed for the
   client while the user speaks;
-- preemptive generation (``preemptive``, with both above): the speculative turn
-  starts ``settle_ms`` into the silence (not at ``first_silence_ms``), with the whole
-  utterance, whose transcript is the final one (only silence follows unless the user
-  goes on). When the latest interim transcript already heard all but ``cover_ms`` of
-  the speech, the turn starts from those words instead (a ``Heard`` utterance the STT
-  passes on untranscribed: the LLM starts at once) and the whole utterance goes to the
-  STT as a check snapshot; the turn is never confirmed before the check came back, and
-  when its words differ the turn is redone from them (``Interrupt(ABANDONED)``, a new
-  ``SpeculativeTurn``). ``Preempted`` marks each verdict (hit or miss). With ``adaptive``
-  and a ``turn_model``, a "finished" verdict waits for the utterance's words (their
-  veto) up to ``min_silence_ms``.
+- preemptive generation (``preemptive``, with both above): the first silent window
+  of a pause sends the utterance so far to the STT (a settled ``Snapshot``: all of its
+  speech, so its words are final if only silence follows), and the speculative turn
+  starts ``settle_ms`` into the silence (not at ``first_silence_ms``) from those words
+  (a ``Heard`` utterance the STT passes on untranscribed), or as soon as they come back.
+  When the latest interim transcript already heard all but ``cover_ms`` of the speech,
+  the turn starts from those words instead (the LLM starts at once) and the whole
+  utterance goes to the STT as a check snapshot; the turn is never confirmed before the
+  check came back, and when its words differ the turn is redone from them
+  (``Interrupt(ABANDONED)``, a new ``SpeculativeTurn``). ``Preempted`` marks each verdict
+  (hit or miss). A snapshot still in flight that will cover the speech is waited for
+  (up to ``PREEMPT_WAIT_MS``) rather than starting the turn: the new turn would drop its
+  words (its epoch ends), and a new pass would queue behind it on the STT. Without a
+  board (no transcripts come back) the turn starts from the whole utterance. With
+  ``adaptive`` and a ``turn_model``, a "finished" verdict waits for the utterance's
+  words (their veto) up to ``min_silence_ms``.
 
 With ``marks``, ``TurnTiming`` dates the end of speech before each turn. Counters over
 every session: ``speculated``, ``confirmed_turns``, ``abandoned``, ``preempted``,
@@ -73,18 +78,52 @@ from nodes.heard import (
 VADOutput = Utterance | SpeechStarted | Interrupt | SpeculativeTurn | ConfirmTurn | TurnTiming | Preempted
 TurnModel = Callable[[np.ndarray], Awaitable[float]]  # 16 kHz audio of the turn -> P(complete)
 CHECK_WAIT_MS = 1500  # past eot_max_ms, a check that has not come back is given up
+PREEMPT_WAIT_MS = 1000  # past settle_ms, a covering snapshot in flight is no longer waited for
+INTERIM_SLOTS = 1  # interim snapshots in flight over every session (the STT's spare capacity)
+PAUSE_SLOTS = 2  # with a pause's own snapshot
+SNAPSHOT_LOST = 94  # windows (3 s at 32 ms) after which an unanswered snapshot is not counted
 
 
 class _Pause:
     """What one pause in the user's speech has learnt (all reset when they speak)."""
 
-    __slots__ = ("check_ms", "next_check", "p", "preheard")
+    __slots__ = ("check_ms", "gap_ms", "next_check", "p", "preheard")
 
     def __init__(self, first_check: int) -> None:
         self.p: float | None = None  # the end-of-turn model's latest probability
         self.next_check = first_check  # silence (samples) at which to run the model next
         self.check_ms: float | None = None  # the settle snapshot's length (ms): its words are final
         self.preheard: str | None = None  # words the open speculative turn started from, unchecked
+        self.gap_ms: float | None = None  # the snapshot taken as the pause began (ms of audio)
+
+
+class _Sent:
+    """One session's snapshots the STT has not answered yet, counted in their
+    ``TurnTaking``'s ``snapshots_out`` over every session: interim transcripts use only
+    the STT's spare capacity, so final ones never queue behind other callers' interims."""
+
+    __slots__ = ("out", "owner")
+
+    def __init__(self, owner: TurnTaking) -> None:
+        self.owner = owner
+        self.out: dict[tuple[int, float], int] = {}  # (turn, audio ms) -> window it went at
+
+    def add(self, hints: TurnBoard | None, turn: int, audio_ms: float, now: int) -> None:
+        if hints is not None:  # (without a board no answer is seen: nothing is counted)
+            self.out[(turn, audio_ms)] = now
+            self.owner.snapshots_out += 1
+
+    def update(self, hints: TurnBoard | None, now: int, lost: bool = False) -> None:
+        """Forget those answered, given up (``SNAPSHOT_LOST`` windows), or ``lost``: an
+        epoch ended, so the runtime drops their transcripts."""
+        for key, at in list(self.out.items()):
+            if lost or now - at > SNAPSHOT_LOST or (hints is not None and hints.interim(*key) is not None):
+                del self.out[key]
+                self.owner.snapshots_out -= 1
+
+    def close(self) -> None:
+        self.owner.snapshots_out -= len(self.out)
+        self.out.clear()
 
 
 class TurnTaking:
@@ -154,6 +193,7 @@ class TurnTaking:
         self.cover_ms = float(cover_ms)
         self.speculated = self.confirmed_turns = self.abandoned = 0
         self.preempted = self.preempt_hits = self.preempt_misses = self.model_runs = 0
+        self.snapshots_out = 0  # interim and pause snapshots in flight, every session
 
     def end_of_turn(self, words: str | None, p: float | None = None) -> int:
         """Samples of silence that end the turn, given the words heard so far and the
@@ -195,7 +235,16 @@ class TurnTaking:
     ) -> AsyncIterator[VADOutput]:
         """Turn events and utterances from (window, speech probability) pairs; the
         words heard come from ``hints`` (default: the session's board)."""
-        hints = hints or board()
+        sent = _Sent(self)
+        try:
+            async for out in self._turns(windows, hints or board(), sent):
+                yield out
+        finally:
+            sent.close()  # its snapshots no longer hold the STT's spare capacity
+
+    async def _turns(
+        self, windows: AsyncIterator[tuple[np.ndarray, float]], hints: TurnBoard | None, sent: _Sent
+    ) -> AsyncIterator[VADOutput]:
         ms = self.rate / 1000
         turn = 0
         before: deque[np.ndarray] = deque(maxlen=self.pad_windows + 1)  # windows before speech
@@ -222,7 +271,9 @@ class TurnTaking:
                 )
             ]
 
+        seen = 0  # windows
         async for window, p in windows:
+            seen += 1
             if not speaking:
                 before.append(window)
                 if p >= self.threshold:
@@ -240,6 +291,7 @@ class TurnTaking:
                 if spec:  # the user goes on: the speculative turn was wrong
                     spec = 0
                     self.abandoned += 1
+                    sent.update(hints, seen, lost=True)
                     yield Interrupt(reason=ABANDONED)
                 voiced, silence = voiced + self.window + silence, 0
                 pause = _Pause(self.first_silence)
@@ -250,6 +302,7 @@ class TurnTaking:
                 confirmed = True
                 yield SpeechStarted()
                 if self.interrupt:
+                    sent.update(hints, seen, lost=True)
                     yield Interrupt(reason="user speech")
             if not confirmed:
                 if silence >= self.end_of_turn(None):  # a blip too short to be speech: forget it
@@ -257,14 +310,34 @@ class TurnTaking:
                 continue
             spoken_ms = (len(speech) * self.window - silence) / ms
             words = hints.words(turn, spoken_ms) if hints is not None else None
-            if self.interim and not spec and silence == 0:
+            sent.update(hints, seen)
+            if self.interim and not spec and silence == 0 and self.snapshots_out < INTERIM_SLOTS:
                 grown = len(speech) * self.window - snap_at
                 awaited = hints is not None and hints.posts == snap_posts
                 # one snapshot in flight at a time (a lost one is given up after two periods)
                 if grown >= self.interim and (not awaited or grown >= 2 * self.interim):
                     snap_at = len(speech) * self.window
                     snap_posts = hints.posts if hints is not None else -1
-                    yield Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
+                    snap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
+                    sent.add(hints, turn, snap.duration_ms, seen)
+                    yield snap
+            # a snapshot in flight, and how much of the speech it will have heard (ms)
+            inflight = snap_at / ms if hints is not None and hints.posts == snap_posts else None
+            if (
+                self.preemptive
+                and hints is not None
+                and not spec
+                and pause.gap_ms is None
+                and silence == self.window
+                and p < self.neg_threshold
+                and (inflight is None or inflight < spoken_ms - self.cover_ms)
+                and self.snapshots_out < PAUSE_SLOTS
+            ):  # the pause's first window: its transcript, final if the caller stays silent
+                snap_at, snap_posts = len(speech) * self.window, hints.posts
+                gap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn, settled=True)
+                pause.gap_ms = inflight = gap.duration_ms
+                sent.add(hints, turn, gap.duration_ms, seen)
+                yield gap
             eot_max = int(self.eot_max_ms * ms)
             if self.turn_model is not None and pause.next_check <= silence < eot_max:
                 pause.p = await self.turn_model(np.concatenate(speech))
@@ -276,29 +349,42 @@ class TurnTaking:
                 final = hints.interim(turn, pause.check_ms)
             given_up = silence >= eot_max + CHECK_WAIT_MS * ms  # a check that never came back
             start_at = self.settle if self.preemptive else self.first_silence
-            if self.speculative and not spec and silence >= start_at:
+            heard, heard_ms = words, hints.text_ms if hints is not None and words else None
+            gap_words = None  # the words of the pause's own snapshot: final (only silence since)
+            if pause.gap_ms is not None and hints is not None:
+                gap_words = hints.interim(turn, pause.gap_ms)
+                inflight = None if gap_words is not None else pause.gap_ms
+            # A snapshot in flight that will cover the speech comes back before a new pass
+            # over the whole utterance would (which would queue behind it), and a turn
+            # started now would drop it (its epoch ends): the turn waits for its words.
+            waits = (
+                self.preemptive
+                and inflight is not None
+                and inflight >= spoken_ms - self.cover_ms
+                and silence < start_at + PREEMPT_WAIT_MS * ms
+            )
+            if self.speculative and not spec and silence >= start_at and not waits:
                 start: Utterance = utterance()  # its transcript is the final one: only silence follows
-                covered = (
-                    self.preemptive
-                    and words
-                    and hints is not None
-                    and hints.text_ms is not None
-                    and hints.text_ms >= spoken_ms - self.cover_ms
-                )
+                near = heard_ms is not None and heard_ms >= spoken_ms - self.cover_ms
+                covered = self.preemptive and heard and near
                 check: Snapshot | None = None
-                if covered:  # the latest interim heard (nearly) all of it: the reply starts now
+                if gap_words is not None:  # no pass over the whole utterance: it was the gap's
+                    start = Heard(pcm=b"", sample_rate=self.rate, text=gap_words, turn=turn)
+                elif covered:  # an interim heard nearly all of it: the reply starts now
                     check = Snapshot(pcm=start.pcm, sample_rate=self.rate, turn=turn, settled=True)
-                    pause.check_ms, pause.preheard = check.duration_ms, words
+                    pause.check_ms, pause.preheard = check.duration_ms, heard
                     self.preempted += 1
-                    start = Heard(pcm=b"", sample_rate=self.rate, text=words or "", turn=turn)
+                    start = Heard(pcm=b"", sample_rate=self.rate, text=heard or "", turn=turn)
                 spec = len(speech)
+                snap_posts = -1  # a snapshot still in flight belongs to the turn that ends here
+                sent.update(hints, seen, lost=True)
                 self.speculated += 1
                 for out in timing():
                     yield out
                 yield SpeculativeTurn(reason="first silence")
+                yield start  # before the check: a session's items come out of the STT in order
                 if check is not None:  # in the new turn: sent before it, the runtime drops it as stale
                     yield check  # the transcript that confirms or redoes it
-                yield start
             if spec and pause.preheard is not None:
                 if final is not None:
                     for out in self._judge(pause, final):
@@ -346,6 +432,7 @@ __all__ = [
     "ABANDONED",
     "BOARD_KEY",
     "CONTINUATIONS",
+    "SNAPSHOT_LOST",
     "Heard",
     "Interim",
     "Preempted",

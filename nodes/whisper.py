@@ -270,6 +270,13 @@ class WhisperSTT:
             texts[by_seek[seg.seek]].append(seg.text.strip())
         return [" ".join(t).strip() for t in texts]
 
+    @staticmethod
+    def known_result(u: Utterance) -> Text | None:
+        """A ``Heard`` utterance's words, which need no Whisper pass: the runtime answers
+        it at once, not in a batch with the check snapshot sent beside it (whose pass
+        would hold the reply's start back)."""
+        return Text(text=u.text) if isinstance(u, Heard) else None
+
     def __call__(self, utterances: list[Utterance]) -> list[Text | TextDelta]:
         """A ``Text`` per utterance; an ``Interim`` (a non-final ``TextDelta``) per
         ``Snapshot`` of an utterance still being spoken. Both kinds share one batch:

@@ -77,8 +77,7 @@ class Stage:
         self.retries = opts.retries
         self.shed_late = opts.on_late == "shed"
         provider = replicas.provider
-        # Replicas elsewhere (a remote host, a Ray actor) are called through an async link,
-        # as many calls at once as the link's credits allow, and batch where they run.
+        # Replicas elsewhere (remote host, Ray actor): an async link, batched where they run.
         self.local = provider.local  # False: a replica elsewhere, called with the Request
         self.is_async = self.spec.is_async or not provider.local
         self.concurrency = provider.concurrency or self.spec.concurrency
@@ -86,14 +85,14 @@ class Stage:
         self.fast = self.is_async and self.timeout_s is None and self.retries == 0
         self.downstream_s = 0.0  # expected time the stages after this one need
         self.cost = CostModel()
-        # The one admission slot every shape takes (runtime/admission.py).
-        self.slot = Admission(
+        self.slot = Admission(  # the one admission slot every shape takes
             self.name, DeadlineLimiter(self.concurrency * max(1, replicas.target)), metrics, opts.on_late
         )
         self.slot.expected_service_s = self.expected_service_s
         self.limiter = self.slot.limiter
         replicas.on_change.append(self._replicas_changed)
-        self._tokens_of = _static_tokens(self.spec.impl) if self.spec.is_class else None
+        self._tokens_of = _static_hook(self.spec.impl, "route_tokens") if self.spec.is_class else None
+        self._known = _static_hook(self.spec.impl, "known_result") if self.spec.is_class else None
         if self._tokens_of is None and not provider.local:
             self._tokens_of = provider.tokens_of()
         self.batcher: Batcher | None = None
@@ -111,8 +110,8 @@ class Stage:
             )
 
     def _replicas_changed(self, rs: ReplicaSet) -> None:
-        """Slots follow the ready replicas; with none ready one slot stays open, so items
-        fail fast with ``no_replica`` (or retry within their deadline) rather than hang."""
+        """Slots follow the ready replicas; with none ready one slot stays open: items fail
+        fast with ``no_replica`` (or retry within their deadline), not hang."""
         self.limiter.resize(self.concurrency * max(1, len(rs.ready)))
         c = rs.counts()
         m = self.metrics
@@ -274,9 +273,15 @@ class Stage:
 
     def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
         """Queue one item of a batched map; its session awaits the returned future (so it
-        can keep feeding the batcher while earlier items are served)."""
+        can keep feeding the batcher while earlier items are served). An item the node's
+        ``known_result`` answers is not queued."""
         assert self.batcher is not None
-        fut = self.batcher.submit(payload, deadline, alive)
+        if self._known is not None and (known := self._known(payload)) is not None:
+            fut = asyncio.get_running_loop().create_future()  # not batched: a batch's items
+            fut.set_result(known)  # all wait for its slowest
+            self.metrics.items += 1
+        else:
+            fut = self.batcher.submit(payload, deadline, alive)
         self.metrics.queued = len(self.batcher)
         return fut
 
@@ -363,14 +368,12 @@ class Stage:
 
     async def serve_session(self, session: str, args: tuple[Any, ...]) -> AsyncGenerator[Any, None]:
         """Serve a stream node for one session: one replica held for the session's life,
-        its outputs as they come (data items counted; control events passed through).
-
-        A session holds its replica, not an admission slot: the stage's limit bounds
-        calls in flight, and a session may last for hours. Every data item is a success
-        (it resets the health counter, so a node failing for a few sessions while it
-        serves the others stays healthy). Use it with ``contextlib.aclosing``. Failures
-        (no ready replica, the node's own error, a replica that died) are counted and
-        raised as ``NodeError``."""
+        its outputs as they come (data items counted; control events passed through). A
+        session holds its replica, not an admission slot (a session may last for hours).
+        Every data item is a success (it resets the health counter: a node failing for a
+        few sessions while it serves the others stays healthy). Use it with
+        ``contextlib.aclosing``. Failures (no ready replica, the node's own error, a
+        replica that died) are counted and raised as ``NodeError``."""
         rs = self.replicas
         try:
             # The session is what a router may look at (sticky); no item, so no tokens.
@@ -407,11 +410,11 @@ def _always() -> bool:
     return True
 
 
-def _static_tokens(cls: Any) -> Callable[..., Any] | None:
-    """A class node's ``route_tokens`` when it is a pure function of the item (a
-    ``staticmethod`` or ``classmethod``): the router can ask it wherever the replicas run."""
-    raw = inspect.getattr_static(cls, "route_tokens", None)
+def _static_hook(cls: Any, name: str) -> Callable[..., Any] | None:
+    """A class node's ``route_tokens`` or ``known_result`` when a pure function of the item
+    (a ``staticmethod`` or ``classmethod``): the runtime asks it wherever the replicas run."""
+    raw = inspect.getattr_static(cls, name, None)
     if isinstance(raw, staticmethod | classmethod):
-        fn: Callable[..., Any] = cls.route_tokens
+        fn: Callable[..., Any] = getattr(cls, name)
         return fn
     return None

@@ -61,6 +61,49 @@ async def test_batched_map_and_batch_sizes():
     assert max(calls) <= 3 and sum(calls) == 7
 
 
+@chains.node(batch=chains.Batch(max_size=8, max_wait_ms=50))
+class SlowSquare:
+    """A batched model whose negative items carry their answer (as a transcript known
+    before any pass): ``known_result`` answers them at once."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    @staticmethod
+    def known_result(x: int) -> int | None:
+        return -x if x < 0 else None
+
+    def __call__(self, xs: list[int]) -> list[int]:
+        self.batches.append(list(xs))
+        threading.Event().wait(0.3)
+        return [x * x for x in xs]
+
+
+async def test_items_a_batched_node_already_knows_skip_the_batch():
+    @chains.chain
+    def c(xs: Stream[int]):
+        return SlowSquare()(xs)
+
+    async with chains.Runtime(c) as rt:
+        (model,) = rt.models("SlowSquare")
+        got: dict[str, list[int]] = {}  # in the order the callers finished
+
+        async def caller(name: str, items: list[int]) -> None:
+            async with rt.session() as s:
+                for x in items:
+                    await s.send(x)
+                s.close_inputs()
+                got[name] = [o.value async for o in s if o.name != "events"]
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(caller("slow", [3]))
+            await asyncio.sleep(0.05)  # its batch is running
+            tg.create_task(caller("known", [-2, -5]))
+    assert got == {"known": [2, 5], "slow": [9]}
+    assert list(got) == ["known", "slow"]  # answered while the other session's batch ran
+    assert model.batches == [[3]]  # never in a batch
+
+
 async def test_streaming_map_streams_outputs_in_order():
     rec = Recorder()
     llm = slow_llm(rec, tokens=3, delay=0.001)

@@ -77,6 +77,10 @@ def kinds(outs: list[tuple[int, Any]]) -> list[str]:
     return [type(o).__name__ for _, o in outs]
 
 
+def windows_of(u: Any) -> int:
+    return len(u.pcm) // 2 // WINDOW
+
+
 def at_of(outs: list[tuple[int, Any]], kind: str) -> int:
     return next(i for i, o in outs if type(o).__name__ == kind)
 
@@ -151,23 +155,24 @@ def posting(board: TurnBoard, posts: list[tuple[int, int, str]]) -> Callable[[in
 
 
 # 5 silent windows, then 20 of speech (windows 5-24): interim snapshots at 16 and 26
-# windows of utterance (the 6 windows of pad count: windows 14 and 24), the first one's
-# words back at 20, the second's at 25; the turn starts 64 ms (2 windows) into the
-# silence, at window 26; the check snapshot (when one is needed) goes with it.
+# windows of utterance (the 6 windows of pad count: windows 14 and 24). The silence
+# starts at window 25; the turn may start 64 ms (2 windows) into it, at window 26.
 FULL = "What is the capital of France?"
+TALK = script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40))
 
 
 def test_a_covering_interim_starts_the_reply_and_the_final_transcript_confirms_it() -> None:
     board = TurnBoard()
     tt = TurnTaking(**PRE)
-    post = posting(board, [(20, 0, "What is the"), (25, 1, FULL), (40, 2, FULL)])
-    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
+    # the second interim, in flight as the silence starts (so no pause snapshot), is back at 26
+    post = posting(board, [(20, 0, "What is the"), (26, 1, FULL), (40, 2, FULL)])
+    outs = run(tt, TALK, board, post)
     names = kinds(outs)
     start = names.index("SpeculativeTurn")
-    check, heard = outs[start + 1][1], outs[start + 2][1]
+    heard, check = outs[start + 1][1], outs[start + 2][1]
     # the check goes in the new turn (before SpeculativeTurn the runtime drops it as stale)
     assert isinstance(check, Snapshot) and check.settled
-    assert isinstance(heard, Heard) and heard.text == "What is the capital of France?" and heard.pcm == b""
+    assert isinstance(heard, Heard) and heard.text == FULL and heard.pcm == b""
     assert outs[start][0] == 26  # 64 ms into the silence, without waiting for a transcription
     verdict = next(o for _, o in outs if isinstance(o, Preempted))
     assert verdict.hit and at_of(outs, "Preempted") == 40
@@ -179,28 +184,79 @@ def test_a_covering_interim_starts_the_reply_and_the_final_transcript_confirms_i
 def test_a_final_transcript_with_other_words_redoes_the_turn_from_them() -> None:
     board = TurnBoard()
     tt = TurnTaking(**PRE)
-    post = posting(board, [(20, 0, "What is the"), (25, 1, "What is the capital of"), (40, 2, FULL)])
-    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
+    post = posting(board, [(20, 0, "What is the"), (26, 1, "What is the capital of"), (40, 2, FULL)])
+    outs = run(tt, TALK, board, post)
     names = kinds(outs)
     i = names.index("Preempted")
     assert names[i : i + 4] == ["Preempted", "Interrupt", "SpeculativeTurn", "Heard"]
     assert not outs[i][1].hit and outs[i + 1][1].reason == ABANDONED
-    assert outs[i + 3][1].text == "What is the capital of France?"
+    assert outs[i + 3][1].text == FULL
     assert names[-1] == "ConfirmTurn" and names.count("ConfirmTurn") == 1
     assert (tt.preempt_hits, tt.preempt_misses) == (0, 1)
 
 
-def test_without_a_covering_interim_the_turn_starts_from_the_whole_utterance() -> None:
+def test_the_pause_snapshot_is_the_final_transcript() -> None:
+    """The pause's first window sends the utterance so far to the STT: when only silence
+    follows, its words start the turn (no check, no second pass over the utterance)."""
+    board = TurnBoard()
+    tt = TurnTaking(**PRE)
+    # both interims are back before the silence; the pause's snapshot (the third) at 36
+    post = posting(board, [(20, 0, "What is the"), (25, 1, "What is the capital"), (36, 2, FULL)])
+    outs = run(tt, TALK, board, post)
+    names = kinds(outs)
+    gap = [(i, o) for i, o in outs if isinstance(o, Snapshot)][2]
+    assert gap[0] == 25 and gap[1].settled and windows_of(gap[1]) == 26  # up to its first silent window
+    start = names.index("SpeculativeTurn")
+    assert outs[start][0] == 36  # when its words came back: a pass started at 26 would end later
+    heard = outs[start + 1][1]
+    assert isinstance(heard, Heard) and heard.text == FULL
+    assert "Utterance" not in names and "Preempted" not in names and tt.preempted == 0
+    assert names.count("Snapshot") == 3 and names.count("ConfirmTurn") == 1
+
+
+def test_the_pause_snapshot_back_before_the_settle_starts_the_turn_at_once() -> None:
+    board = TurnBoard()
+    tt = TurnTaking(**PRE)
+    post = posting(board, [(20, 0, "What is the"), (25, 1, "What is the capital"), (26, 2, FULL)])
+    outs = run(tt, TALK, board, post)
+    start = at_of(outs, "SpeculativeTurn")
+    assert start == 26
+    assert [type(o).__name__ for i, o in outs if i == start][-1] == "Heard"
+
+
+def test_a_snapshot_that_never_comes_back_is_waited_for_a_while_then_the_whole_utterance() -> None:
     board = TurnBoard()
     tt = TurnTaking(**PRE)
     post = posting(board, [(20, 0, "Is the")])  # the second interim never comes back
-    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 40)), board, post)
+    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 70)), board, post)
     start = at_of(outs, "SpeculativeTurn")
-    assert start == 26  # 64 ms into the silence: its transcript is the final one
+    assert start == 26 + 32  # 1 s (PREEMPT_WAIT_MS) past the settle
     names = kinds(outs)
     assert names[names.index("SpeculativeTurn") + 1] == "Utterance" and "Heard" not in names
     assert tt.preempted == 0 and "Preempted" not in names
     assert names.count("ConfirmTurn") == 1
+
+
+def test_speaking_again_while_the_pause_snapshot_is_out_starts_no_turn() -> None:
+    """A pause shorter than the settle: its snapshot's words become an interim (nothing
+    is started or abandoned); the next pause sends a snapshot of its own."""
+    board = TurnBoard()
+    tt = TurnTaking(**PRE)
+    talk = script((SILENCE, 5), (SPEECH, 20), (SILENCE, 1), (SPEECH, 10), (SILENCE, 40))
+    # the pause's snapshot (the third) comes back at 30 as an interim; the fourth, taken at
+    # the last window of speech, is in flight as the second pause starts (no snapshot of
+    # its own then): back at 38, it starts the turn, checked by a fifth
+    answers = [(20, 0, "What is the"), (25, 1, "What is"), (30, 2, "What is the")]
+    answers += [(38, 3, FULL), (45, 4, FULL)]
+    post = posting(board, answers)
+    outs = run(tt, talk, board, post)
+    names = kinds(outs)
+    snaps = [(i, o) for i, o in outs if isinstance(o, Snapshot)]
+    expected = [(9, False), (20, False), (25, True), (35, False), (38, True)]
+    assert [(i, o.settled) for i, o in snaps] == expected
+    assert at_of(outs, "SpeculativeTurn") == 38 and at_of(outs, "Preempted") == 45
+    assert "Interrupt" not in names[names.index("SpeechStarted") + 2 :]  # nothing abandoned
+    assert names.count("SpeculativeTurn") == 1 and tt.abandoned == 0
 
 
 def test_preemption_needs_speculation_and_interim_transcripts() -> None:
