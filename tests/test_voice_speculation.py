@@ -16,6 +16,7 @@ clock.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +39,7 @@ class Voice:
     def __init__(self, **turn_options: Any):
         self.turning = TurnTaking(min_silence_ms=480, first_silence_ms=160, **turn_options)
         self.stt_batches: list[list[str]] = []
+        self.stt_hold: threading.Event | None = None  # set: interim passes wait for it
         self.llm_gate = Gate()
         self.llm_started: list[str] = []
         self.llm_finished: list[str] = []
@@ -59,6 +61,10 @@ class Voice:
             """The "words" of an utterance: how many windows of speech it holds (like
             a real STT, it hears nothing in the silence around them)."""
             out: list[Text | TextDelta] = []
+            if voice.stt_hold is not None and any(
+                isinstance(u, Snapshot) and not u.settled for u in utterances
+            ):
+                voice.stt_hold.wait(10)
             for u in utterances:
                 if isinstance(u, Heard):  # words an interim already heard: passed on
                     out.append(Text(text=u.text))
@@ -233,16 +239,39 @@ async def test_interim_transcripts_arrive_before_the_final_one() -> None:
 
 
 async def test_a_preemptive_start_is_checked_by_its_final_transcript_through_the_runtime() -> None:
-    """An interim snapshot at the last window of speech (25 windows with the pad) covers the utterance, so the
-    turn starts 64 ms into the silence from its words; the check snapshot of the whole
-    utterance must reach the STT in the new turn (sent before the turn's start, the
-    runtime dropped it as stale, and every preempted turn waited out the check)."""
+    """An interim snapshot at the last window of speech (25 windows with the pad) covers
+    the utterance; still in flight as the silence starts (so the pause sends no snapshot
+    of its own), it is waited for, and the turn starts from its words; the check snapshot
+    of the whole utterance must reach the STT in the new turn (sent before the turn's
+    start, the runtime dropped it as stale, and every preempted turn waited out the
+    check)."""
     v = Voice(speculative=True, interim_ms=800, preemptive=True, settle_ms=64, cover_ms=250)
     v.llm_gate.open()
-    outs, _ = await v.run(SPEECH_THEN_PAUSE)
+    v.stt_hold = hold = threading.Event()
+
+    async def release(i: int, outs: list[Any], rt: Any) -> None:
+        if i == 27:  # the silence's first window (25) and the settle (26) fed: the words come back
+            hold.set()
+
+    outs, _ = await v.run(SPEECH_THEN_PAUSE, release)
     events = [o.value for _, o in outs if o.name == "events"]
     verdicts = [e for e in events if isinstance(e, Preempted)]
     assert [(e.hit, e.interim, e.final) for e in verdicts] == [(True, "heard 20 windows", "heard 20 windows")]
     assert v.llm_started == ["heard 20 windows"]  # one reply, from the interim's words
     assert first_at(outs, "audio") == CONFIRM_AT  # confirmed at 480 ms of silence, not held for the check
     assert (v.turning.preempted, v.turning.preempt_hits, v.turning.preempt_misses) == (1, 1, 0)
+
+
+async def test_the_pause_snapshot_starts_the_turn_through_the_runtime() -> None:
+    """The pause's first silent window sends the utterance to the STT; its words start
+    the turn at the settle: the utterance is transcribed once more, with no check."""
+    v = Voice(speculative=True, interim_ms=800, preemptive=True, settle_ms=64, cover_ms=250)
+    v.llm_gate.open()
+    outs, _ = await v.run(SPEECH_THEN_PAUSE)
+    assert v.llm_started == ["heard 20 windows"]
+    assert not [o for _, o in outs if o.name == "events" and isinstance(o.value, Preempted)]
+    passes = [t for batch in v.stt_batches for t in batch]
+    # the interim, the pause's snapshot and its words passed on (this fake STT is a
+    # function: WhisperSTT's known_result answers a Heard without a batch)
+    assert passes == ["heard 20 windows"] * 3
+    assert first_at(outs, "audio") == CONFIRM_AT
