@@ -37,7 +37,7 @@ Where the reply's latency goes, and what starts it early:
   check came back, and when its words differ the turn is redone from them
   (``Interrupt(ABANDONED)``, a new ``SpeculativeTurn``). ``Preempted`` marks each verdict
   (hit or miss). A snapshot still in flight that will cover the speech is waited for
-  (up to ``PREEMPT_WAIT_MS``) rather than starting the turn: the new turn would drop its
+  (until it counts as lost, ``SNAPSHOT_LOST_MS``) rather than starting the turn: the new turn would drop its
   words (its epoch ends), and a new pass would queue behind it on the STT. Without a
   board (no transcripts come back) the turn starts from the whole utterance. With
   ``adaptive`` and a ``turn_model``, a "finished" verdict waits for the utterance's
@@ -78,10 +78,9 @@ from nodes.heard import (
 VADOutput = Utterance | SpeechStarted | Interrupt | SpeculativeTurn | ConfirmTurn | TurnTiming | Preempted
 TurnModel = Callable[[np.ndarray], Awaitable[float]]  # 16 kHz audio of the turn -> P(complete)
 CHECK_WAIT_MS = 1500  # past eot_max_ms, a check that has not come back is given up
-PREEMPT_WAIT_MS = 1000  # past settle_ms, a covering snapshot in flight is no longer waited for
 INTERIM_SLOTS = 1  # interim snapshots in flight over every session (the STT's spare capacity)
 PAUSE_SLOTS = 2  # with a pause's own snapshot
-SNAPSHOT_LOST = 94  # windows (3 s at 32 ms) after which an unanswered snapshot is not counted
+SNAPSHOT_LOST_MS = 3000  # an unanswered snapshot is counted lost (the STT may queue for seconds)
 
 
 class _Pause:
@@ -114,10 +113,11 @@ class _Sent:
             self.owner.snapshots_out += 1
 
     def update(self, hints: TurnBoard | None, now: int, lost: bool = False) -> None:
-        """Forget those answered, given up (``SNAPSHOT_LOST`` windows), or ``lost``: an
-        epoch ended, so the runtime drops their transcripts."""
+        """Forget those answered, given up (``SNAPSHOT_LOST_MS``), or ``lost``: an epoch
+        ended, so the runtime drops their transcripts."""
         for key, at in list(self.out.items()):
-            if lost or now - at > SNAPSHOT_LOST or (hints is not None and hints.interim(*key) is not None):
+            answered = hints is not None and hints.interim(*key) is not None
+            if lost or answered or now - at > self.owner.snapshot_lost:
                 del self.out[key]
                 self.owner.snapshots_out -= 1
 
@@ -194,6 +194,7 @@ class TurnTaking:
         self.speculated = self.confirmed_turns = self.abandoned = 0
         self.preempted = self.preempt_hits = self.preempt_misses = self.model_runs = 0
         self.snapshots_out = 0  # interim and pause snapshots in flight, every session
+        self.snapshot_lost = int(SNAPSHOT_LOST_MS * ms) // window  # windows
 
     def end_of_turn(self, words: str | None, p: float | None = None) -> int:
         """Samples of silence that end the turn, given the words heard so far and the
@@ -361,7 +362,7 @@ class TurnTaking:
                 self.preemptive
                 and inflight is not None
                 and inflight >= spoken_ms - self.cover_ms
-                and silence < start_at + PREEMPT_WAIT_MS * ms
+                and silence < start_at + SNAPSHOT_LOST_MS * ms
             )
             if self.speculative and not spec and silence >= start_at and not waits:
                 start: Utterance = utterance()  # its transcript is the final one: only silence follows
@@ -432,7 +433,7 @@ __all__ = [
     "ABANDONED",
     "BOARD_KEY",
     "CONTINUATIONS",
-    "SNAPSHOT_LOST",
+    "SNAPSHOT_LOST_MS",
     "Heard",
     "Interim",
     "Preempted",

@@ -16,6 +16,7 @@ and scripted transcripts posted on the session's board at chosen windows:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ import pytest
 
 from nodes.heard import Heard, Preempted, Snapshot, TurnBoard, trails_off
 from nodes.smartturn import SAMPLES, SmartTurnModel, last_8s
-from nodes.turn import ABANDONED, TurnTaking
+from nodes.turn import ABANDONED, SNAPSHOT_LOST_MS, TurnTaking
 
 WINDOW = 512  # 32 ms
 SPEECH, SILENCE = 0.9, 0.0
@@ -228,9 +229,9 @@ def test_a_snapshot_that_never_comes_back_is_waited_for_a_while_then_the_whole_u
     board = TurnBoard()
     tt = TurnTaking(**PRE)
     post = posting(board, [(20, 0, "Is the")])  # the second interim never comes back
-    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 70)), board, post)
+    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 130)), board, post)
     start = at_of(outs, "SpeculativeTurn")
-    assert start == 26 + 32  # 1 s (PREEMPT_WAIT_MS) past the settle
+    assert start == 26 + math.ceil(SNAPSHOT_LOST_MS / 32)  # past the settle, once it counts as lost
     names = kinds(outs)
     assert names[names.index("SpeculativeTurn") + 1] == "Utterance" and "Heard" not in names
     assert tt.preempted == 0 and "Preempted" not in names
