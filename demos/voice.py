@@ -17,11 +17,14 @@ goes:
 - interim transcripts: every 600 ms of speech the utterance so far is transcribed
   in the same Whisper batches, and sent to the client as ``transcript`` with
   ``final: false``;
-- preemptive generation: the speculative turn starts 96 ms into a silence, from the
-  latest interim transcript when it heard all but 250 ms of the speech (the LLM starts
-  at once; the whole utterance is transcribed as a check, and a reply the check
-  contradicts is redone from its words, none confirmed before they agree), else from
-  the whole utterance (transcribed once: only silence follows);
+- preemptive generation: a pause's first silent window (32 ms) sends the utterance to
+  Whisper at once, and the speculative turn starts from its words (final: only silence
+  followed) 96 ms into the silence, or as soon as they come back; or from the latest
+  interim transcript when it heard all but 250 ms of the speech (the LLM starts at once;
+  the whole utterance is transcribed as a check, and a reply the check contradicts is
+  redone from its words, none confirmed before they agree). Interim snapshots use only
+  Whisper's spare capacity (one in flight over every session), so a caller's final
+  transcript never queues behind other callers' interims;
 - end of turn: Smart Turn v3.2 (an audio model of whether the sentence is finished)
   at the first silence: "finished" (P >= 0.9) confirms the turn at once, "not
   finished" (P < 0.7), or words that trail off ("... for", "um"), hold it up to
