@@ -96,9 +96,19 @@ class _Pause:
         self.gap_ms: float | None = None  # the snapshot taken as the pause began (ms of audio)
 
 
+class InFlight:
+    """Interim and pause snapshots in flight over every session of one VAD node: one
+    object, shared by the copies of its ``TurnTaking`` that Realtime sessions tune."""
+
+    __slots__ = ("snapshots",)
+
+    def __init__(self) -> None:
+        self.snapshots = 0
+
+
 class _Sent:
     """One session's snapshots the STT has not answered yet, counted in their
-    ``TurnTaking``'s ``snapshots_out`` over every session: interim transcripts use only
+    ``TurnTaking``'s ``in_flight`` over every session: interim transcripts use only
     the STT's spare capacity, so final ones never queue behind other callers' interims."""
 
     __slots__ = ("out", "owner")
@@ -110,7 +120,7 @@ class _Sent:
     def add(self, hints: TurnBoard | None, turn: int, audio_ms: float, now: int) -> None:
         if hints is not None:  # (without a board no answer is seen: nothing is counted)
             self.out[(turn, audio_ms)] = now
-            self.owner.snapshots_out += 1
+            self.owner.in_flight.snapshots += 1
 
     def update(self, hints: TurnBoard | None, now: int, lost: bool = False) -> None:
         """Forget those answered, given up (``SNAPSHOT_LOST_MS``), or ``lost``: an epoch
@@ -119,10 +129,10 @@ class _Sent:
             answered = hints is not None and hints.interim(*key) is not None
             if lost or answered or now - at > self.owner.snapshot_lost:
                 del self.out[key]
-                self.owner.snapshots_out -= 1
+                self.owner.in_flight.snapshots -= 1
 
     def close(self) -> None:
-        self.owner.snapshots_out -= len(self.out)
+        self.owner.in_flight.snapshots -= len(self.out)
         self.out.clear()
 
 
@@ -193,7 +203,7 @@ class TurnTaking:
         self.cover_ms = float(cover_ms)
         self.speculated = self.confirmed_turns = self.abandoned = 0
         self.preempted = self.preempt_hits = self.preempt_misses = self.model_runs = 0
-        self.snapshots_out = 0  # interim and pause snapshots in flight, every session
+        self.in_flight = InFlight()  # (a copy.copy of this machine shares it)
         self.snapshot_lost = int(SNAPSHOT_LOST_MS * ms) // window  # windows
 
     def end_of_turn(self, words: str | None, p: float | None = None) -> int:
@@ -312,7 +322,7 @@ class TurnTaking:
             spoken_ms = (len(speech) * self.window - silence) / ms
             words = hints.words(turn, spoken_ms) if hints is not None else None
             sent.update(hints, seen)
-            if self.interim and not spec and silence == 0 and self.snapshots_out < INTERIM_SLOTS:
+            if self.interim and not spec and silence == 0 and self.in_flight.snapshots < INTERIM_SLOTS:
                 grown = len(speech) * self.window - snap_at
                 awaited = hints is not None and hints.posts == snap_posts
                 # one snapshot in flight at a time (a lost one is given up after two periods)
@@ -332,7 +342,7 @@ class TurnTaking:
                 and silence == self.window
                 and p < self.neg_threshold
                 and (inflight is None or inflight < spoken_ms - self.cover_ms)
-                and self.snapshots_out < PAUSE_SLOTS
+                and self.in_flight.snapshots < PAUSE_SLOTS
             ):  # the pause's first window: its transcript, final if the caller stays silent
                 snap_at, snap_posts = len(speech) * self.window, hints.posts
                 gap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn, settled=True)

@@ -206,7 +206,8 @@ class WhisperSTT:
         texts = [""] * len(clips)
         pending = list(range(len(clips)))
         while pending:
-            window, size = [], 0
+            window: list[int] = []
+            size = 0
             while pending and (not window or size + len(clips[pending[0]]) <= WINDOW):
                 window.append(pending.pop(0))
                 size += len(clips[window[-1]]) + GAP
@@ -284,8 +285,8 @@ class WhisperSTT:
         known = {i: u.text for i, u in enumerate(utterances) if isinstance(u, Heard)}
         if known:  # words already heard (preemptive generation): passed on, not transcribed
             rest = [u for u in utterances if not isinstance(u, Heard)]
-            texts = iter(self(rest) if rest else [])
-            return [Text(text=known[i]) if i in known else next(texts) for i in range(len(utterances))]
+            heard = iter(self(rest) if rest else [])
+            return [Text(text=known[i]) if i in known else next(heard) for i in range(len(utterances))]
         clips = []
         for u in utterances:
             x = pcm_to_float(u.pcm)

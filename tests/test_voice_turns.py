@@ -6,6 +6,7 @@ adaptive end-of-turn silence, which stays within its bounds whatever the words."
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from chains import ConfirmTurn, Interrupt, SpeculativeTurn, SpeechStarted, Utterance
+from nodes import tuning
 from nodes.turn import (
     ABANDONED,
     CONTINUATIONS,
@@ -168,7 +170,17 @@ def test_interim_snapshots_share_the_stt_over_every_session() -> None:
     a_snaps = [o for _, o in got["a"] if isinstance(o, Snapshot)]
     b_snaps = [o for _, o in got["b"] if isinstance(o, Snapshot)]
     assert len(a_snaps) >= 1 and len(a_snaps) + len(b_snaps) == 2  # a's answer freed one slot
-    assert tt.snapshots_out == 0  # every session ended: none counted
+    assert tt.in_flight.snapshots == 0  # every session ended: none counted
+
+
+def test_a_tuned_copy_shares_the_count_of_snapshots_in_flight() -> None:
+    """A Realtime session turns on a copy of the node's machine (its own knobs): its
+    interims still count against the STT's spare capacity with everyone else's."""
+    tt = TurnTaking(min_silence_ms=480, interim_ms=320)
+    own = copy.copy(tt)
+    tuning.tune(own, {"silence_duration_ms": 700})
+    run(own, script((SILENCE, 5), (SPEECH, 20)), hints=TurnBoard())  # its snapshot never answered
+    assert own.in_flight is tt.in_flight and tt.in_flight.snapshots == 0  # released when it ended
 
 
 def test_no_snapshot_and_no_turn_for_a_click() -> None:
