@@ -18,9 +18,9 @@ goes:
   in the same Whisper batches, and sent to the client as ``transcript`` with
   ``final: false``;
 - preemptive generation: a pause's first silent window (32 ms) sends the utterance to
-  Whisper at once, and the speculative turn starts from its words (final: only silence
-  followed) 96 ms into the silence, or as soon as they come back; or from the latest
-  interim transcript when it heard all but 250 ms of the speech (the LLM starts at once;
+  Whisper at once, and the speculative turn starts 96 ms into the silence from that
+  audio (Whisper answers it from the pass already under way, not a second one); or from
+  the latest interim transcript when it heard all but 250 ms of the speech (the LLM starts at once;
   the whole utterance is transcribed as a check, and a reply the check contradicts is
   redone from its words, none confirmed before they agree). Interim snapshots use only
   Whisper's spare capacity (one in flight over every session), so a caller's final

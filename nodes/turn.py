@@ -28,20 +28,21 @@ Where the reply's latency goes, and what starts it early:
   client while the user speaks;
 - preemptive generation (``preemptive``, with both above): the first silent window
   of a pause sends the utterance so far to the STT (a settled ``Snapshot``: all of its
-  speech, so its words are final if only silence follows), and the speculative turn
-  starts ``settle_ms`` into the silence (not at ``first_silence_ms``) from those words
-  (a ``Heard`` utterance the STT passes on untranscribed), or as soon as they come back.
-  When the latest interim transcript already heard all but ``cover_ms`` of the speech,
-  the turn starts from those words instead (the LLM starts at once) and the whole
-  utterance goes to the STT as a check snapshot; the turn is never confirmed before the
-  check came back, and when its words differ the turn is redone from them
-  (``Interrupt(ABANDONED)``, a new ``SpeculativeTurn``). ``Preempted`` marks each verdict
-  (hit or miss). A snapshot still in flight that will cover the speech is waited for
-  (until it counts as lost, ``SNAPSHOT_LOST_MS``) rather than starting the turn: the new turn would drop its
-  words (its epoch ends), and a new pass would queue behind it on the STT. Without a
-  board (no transcripts come back) the turn starts from the whole utterance. With
-  ``adaptive`` and a ``turn_model``, a "finished" verdict waits for the utterance's
-  words (their veto) up to ``min_silence_ms``.
+  speech), and the speculative turn starts ``settle_ms`` into the silence (not at
+  ``first_silence_ms``): from that snapshot's words when they are back (a ``Heard``
+  utterance the STT passes on untranscribed), else from the same audio, which the STT
+  answers from the snapshot's pass (the new turn drops the snapshot's own transcript:
+  its epoch ends). Nothing waits on a transcript: a client that stops sending audio
+  after its question still gets its turn. When the latest interim transcript already
+  heard all but ``cover_ms`` of the speech, the turn starts from those words instead
+  (the LLM starts at once) and the utterance goes to the STT as a check snapshot; the
+  turn is never confirmed before the check came back, and when its words differ the
+  turn is redone from them (``Interrupt(ABANDONED)``, a new ``SpeculativeTurn``).
+  ``Preempted`` marks each verdict (hit or miss). Interim and pause snapshots use only
+  the STT's spare capacity: ``INTERIM_SLOTS`` interims in flight over every session
+  (``PAUSE_SLOTS`` with pause snapshots). With ``adaptive`` and a ``turn_model``, a
+  "finished" verdict waits for the utterance's words (their veto) up to
+  ``min_silence_ms``.
 
 With ``marks``, ``TurnTiming`` dates the end of speech before each turn. Counters over
 every session: ``speculated``, ``confirmed_turns``, ``abandoned``, ``preempted``,
@@ -86,14 +87,14 @@ SNAPSHOT_LOST_MS = 3000  # an unanswered snapshot is counted lost (the STT may q
 class _Pause:
     """What one pause in the user's speech has learnt (all reset when they speak)."""
 
-    __slots__ = ("check_ms", "gap_ms", "next_check", "p", "preheard")
+    __slots__ = ("check_ms", "gap", "next_check", "p", "preheard")
 
     def __init__(self, first_check: int) -> None:
         self.p: float | None = None  # the end-of-turn model's latest probability
         self.next_check = first_check  # silence (samples) at which to run the model next
         self.check_ms: float | None = None  # the settle snapshot's length (ms): its words are final
         self.preheard: str | None = None  # words the open speculative turn started from, unchecked
-        self.gap_ms: float | None = None  # the snapshot taken as the pause began (ms of audio)
+        self.gap = 0  # windows of the utterance in the snapshot taken as the pause began
 
 
 class InFlight:
@@ -332,21 +333,18 @@ class TurnTaking:
                     snap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn)
                     sent.add(hints, turn, snap.duration_ms, seen)
                     yield snap
-            # a snapshot in flight, and how much of the speech it will have heard (ms)
-            inflight = snap_at / ms if hints is not None and hints.posts == snap_posts else None
             if (
                 self.preemptive
                 and hints is not None
                 and not spec
-                and pause.gap_ms is None
+                and not pause.gap
                 and silence == self.window
                 and p < self.neg_threshold
-                and (inflight is None or inflight < spoken_ms - self.cover_ms)
                 and self.in_flight.snapshots < PAUSE_SLOTS
-            ):  # the pause's first window: its transcript, final if the caller stays silent
+            ):  # the pause's first window: the STT hears all the speech now
                 snap_at, snap_posts = len(speech) * self.window, hints.posts
-                gap = Snapshot(pcm=utterance().pcm, sample_rate=self.rate, turn=turn, settled=True)
-                pause.gap_ms = inflight = gap.duration_ms
+                pause.gap = len(speech)
+                gap = Snapshot(pcm=utterance(pause.gap).pcm, sample_rate=self.rate, turn=turn, settled=True)
                 sent.add(hints, turn, gap.duration_ms, seen)
                 yield gap
             eot_max = int(self.eot_max_ms * ms)
@@ -361,21 +359,14 @@ class TurnTaking:
             given_up = silence >= eot_max + CHECK_WAIT_MS * ms  # a check that never came back
             start_at = self.settle if self.preemptive else self.first_silence
             heard, heard_ms = words, hints.text_ms if hints is not None and words else None
-            gap_words = None  # the words of the pause's own snapshot: final (only silence since)
-            if pause.gap_ms is not None and hints is not None:
-                gap_words = hints.interim(turn, pause.gap_ms)
-                inflight = None if gap_words is not None else pause.gap_ms
-            # A snapshot in flight that will cover the speech comes back before a new pass
-            # over the whole utterance would (which would queue behind it), and a turn
-            # started now would drop it (its epoch ends): the turn waits for its words.
-            waits = (
-                self.preemptive
-                and inflight is not None
-                and inflight >= spoken_ms - self.cover_ms
-                and silence < start_at + SNAPSHOT_LOST_MS * ms
-            )
-            if self.speculative and not spec and silence >= start_at and not waits:
-                start: Utterance = utterance()  # its transcript is the final one: only silence follows
+            if self.speculative and not spec and silence >= start_at:
+                # Its transcript is the final one (only silence follows). With the pause's
+                # snapshot it is that audio: the STT answers it from that pass, even when
+                # the turn starting here drops the snapshot's own transcript (its epoch ends).
+                start: Utterance = utterance(pause.gap or None)
+                gap_words = None
+                if pause.gap and hints is not None:
+                    gap_words = hints.interim(turn, pause.gap * self.window / ms)
                 near = heard_ms is not None and heard_ms >= spoken_ms - self.cover_ms
                 covered = self.preemptive and heard and near
                 check: Snapshot | None = None

@@ -45,9 +45,10 @@ Turn-taking, which is where a voice reply's latency goes (see nodes/turn.py):
   on the turn-taking set (benchmarks/turnset.py), not guessed.
 - Preemptive generation (``preemptive``, with speculation and interim transcripts):
   a pause's first silent window sends the utterance to the STT at once; the
-  speculative turn starts ``settle_ms`` into the silence (or when those words come
-  back), from an interim transcript that already heard the utterance when there is one
-  (checked against the transcript of the whole utterance); see nodes/turn.py.
+  speculative turn starts ``settle_ms`` into the silence from those words (or that
+  audio, which the STT remembers), or from an interim transcript that already heard
+  the utterance when there is one (checked against the transcript of the whole
+  utterance); see nodes/turn.py.
 
 With ``marks`` the node also yields ``TurnTiming`` before each turn (speculative or
 not), which dates the end of the user's speech for the per-turn latency breakdown.

@@ -57,6 +57,7 @@ CPU int8; greedy decoding (``beam_size=1``), English.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import numpy as np
 import xxhash
@@ -71,6 +72,7 @@ MIN_CLIP = RATE // 10  # clips shorter than 100 ms are padded, so each has its o
 GAP = RATE  # silence between packed utterances
 WINDOW = 28 * RATE  # what one packed window may hold (Whisper hears 30 s)
 WINDOWED_BATCH = 2  # up to this many clips go in short windows (more: packed, see above)
+RECENT = 64  # clips whose words are remembered (one replica transcribes one batch at a time)
 
 
 def pick_device(device: str) -> tuple[str, str]:
@@ -120,6 +122,7 @@ class WhisperSTT:
                 local_files_only=True,
             )
         self.pipeline = BatchedInferencePipeline(self.model)
+        self._recent: OrderedDict[bytes, str] = OrderedDict()  # clip hash -> words, newest last
         if strategy == "auto":
             strategy = "batched" if self.device == "cuda" else "packed"
         if strategy not in ("packed", "batched", "sequential"):
@@ -149,16 +152,21 @@ class WhisperSTT:
         return whisper_refs(model)
 
     def transcribe(self, clips: list[np.ndarray]) -> list[str]:
-        """Transcribe 16 kHz float32 clips, all in one batch; identical clips once."""
+        """Transcribe 16 kHz float32 clips, all in one batch; identical clips once, and
+        a clip heard in one of the last ``RECENT`` passes not again (the VAD sends a
+        pause's audio as a snapshot, then the same audio as the turn's utterance)."""
         if not clips:
             return []
         keys = [xxhash.xxh3_128_digest(np.ascontiguousarray(c, dtype=np.float32).tobytes()) for c in clips]
-        unique = list(dict.fromkeys(keys))
-        if len(unique) < len(clips):
-            first = {k: keys.index(k) for k in unique}
-            texts = dict(zip(unique, self._transcribe([clips[first[k]] for k in unique]), strict=True))
-            return [texts[k] for k in keys]
-        return self._transcribe(clips)
+        texts = {k: self._recent[k] for k in keys if k in self._recent}
+        first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in texts}
+        if first:
+            texts.update(zip(first, self._transcribe([clips[i] for i in first.values()]), strict=True))
+        for k in first:
+            self._recent[k] = texts[k]
+            if len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+        return [texts[k] for k in keys]
 
     def _transcribe(self, clips: list[np.ndarray]) -> list[str]:
         if self.window and len(clips) <= WINDOWED_BATCH and all(len(c) <= self.window - RATE for c in clips):

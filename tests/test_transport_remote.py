@@ -27,6 +27,7 @@ from tests.transport_fixtures import (
     aget,
     node_server,
     raw_session,
+    remote_known,
     remote_map,
     remote_shapes,
     slow_stream,
@@ -54,8 +55,9 @@ CASES = [
     ("remote_shapes", "lengths", "ab cd efg hijk"),  # batched map (batches form on the host)
     ("remote_shapes", "spell", "ab c#d ef"),  # streaming map that fails mid-stream
     ("remote_shapes", "running_total", "ab cd efg"),  # stream node fed by a batched stage
+    ("remote_known", "KnownLengths", "ab =7 cde =12 f"),  # a batched class's known_result
 ]
-CHAINS = {"remote_map": remote_map, "remote_shapes": remote_shapes}
+CHAINS = {"remote_map": remote_map, "remote_shapes": remote_shapes, "remote_known": remote_known}
 
 
 @pytest.mark.parametrize(("chain_name", "node", "doc"), CASES, ids=[c[1] for c in CASES])
@@ -65,6 +67,8 @@ async def test_a_remote_node_gives_the_same_outputs(chain_name: str, node: str, 
     with node_server(f"{FIXTURES}:{chain_name}", node) as url:
         remote = await outputs_by_name(with_remotes(chain, {node: url}), Text(text=doc))
     assert remote == local
+    if node == "KnownLengths":  # known where the replicas run: the host's stage, not a batch
+        assert local == {"lengths": [2, 7, 3, 12, 1]}
     if node == "shout_word":
         assert local["error"] == [
             ErrorEvent(node="shout_word", code="node_error", message="ValueError: boom requested")

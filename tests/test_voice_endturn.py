@@ -16,7 +16,6 @@ and scripted transcripts posted on the session's board at chosen windows:
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 
 from nodes.heard import Heard, Preempted, Snapshot, TurnBoard, trails_off
 from nodes.smartturn import SAMPLES, SmartTurnModel, last_8s
-from nodes.turn import ABANDONED, SNAPSHOT_LOST_MS, TurnTaking
+from nodes.turn import ABANDONED, TurnTaking
 
 WINDOW = 512  # 32 ms
 SPEECH, SILENCE = 0.9, 0.0
@@ -196,22 +195,22 @@ def test_a_final_transcript_with_other_words_redoes_the_turn_from_them() -> None
     assert (tt.preempt_hits, tt.preempt_misses) == (0, 1)
 
 
-def test_the_pause_snapshot_is_the_final_transcript() -> None:
-    """The pause's first window sends the utterance so far to the STT: when only silence
-    follows, its words start the turn (no check, no second pass over the utterance)."""
+def test_the_turn_starts_at_the_settle_from_the_pause_snapshots_audio() -> None:
+    """The pause's first silent window sends the utterance so far to the STT; at the
+    settle the turn starts from that same audio (the STT answers it from that pass)."""
     board = TurnBoard()
     tt = TurnTaking(**PRE)
-    # both interims are back before the silence; the pause's snapshot (the third) at 36
-    post = posting(board, [(20, 0, "What is the"), (25, 1, "What is the capital"), (36, 2, FULL)])
+    # the second interim does not come back; the pause's snapshot (the third) at 36
+    post = posting(board, [(20, 0, "What is the"), (36, 2, FULL)])
     outs = run(tt, TALK, board, post)
     names = kinds(outs)
     gap = [(i, o) for i, o in outs if isinstance(o, Snapshot)][2]
     assert gap[0] == 25 and gap[1].settled and windows_of(gap[1]) == 26  # up to its first silent window
     start = names.index("SpeculativeTurn")
-    assert outs[start][0] == 36  # when its words came back: a pass started at 26 would end later
-    heard = outs[start + 1][1]
-    assert isinstance(heard, Heard) and heard.text == FULL
-    assert "Utterance" not in names and "Preempted" not in names and tt.preempted == 0
+    assert outs[start][0] == 26  # the settle: no waiting on the snapshot's words
+    utterance = outs[start + 1][1]
+    assert type(utterance).__name__ == "Utterance" and utterance.pcm == gap[1].pcm
+    assert "Preempted" not in names and tt.preempted == 0
     assert names.count("Snapshot") == 3 and names.count("ConfirmTurn") == 1
 
 
@@ -225,37 +224,21 @@ def test_the_pause_snapshot_back_before_the_settle_starts_the_turn_at_once() -> 
     assert [type(o).__name__ for i, o in outs if i == start][-1] == "Heard"
 
 
-def test_a_snapshot_that_never_comes_back_is_waited_for_a_while_then_the_whole_utterance() -> None:
-    board = TurnBoard()
-    tt = TurnTaking(**PRE)
-    post = posting(board, [(20, 0, "Is the")])  # the second interim never comes back
-    outs = run(tt, script((SILENCE, 5), (SPEECH, 20), (SILENCE, 130)), board, post)
-    start = at_of(outs, "SpeculativeTurn")
-    assert start == 26 + math.ceil(SNAPSHOT_LOST_MS / 32)  # past the settle, once it counts as lost
-    names = kinds(outs)
-    assert names[names.index("SpeculativeTurn") + 1] == "Utterance" and "Heard" not in names
-    assert tt.preempted == 0 and "Preempted" not in names
-    assert names.count("ConfirmTurn") == 1
-
-
 def test_speaking_again_while_the_pause_snapshot_is_out_starts_no_turn() -> None:
     """A pause shorter than the settle: its snapshot's words become an interim (nothing
     is started or abandoned); the next pause sends a snapshot of its own."""
     board = TurnBoard()
     tt = TurnTaking(**PRE)
     talk = script((SILENCE, 5), (SPEECH, 20), (SILENCE, 1), (SPEECH, 10), (SILENCE, 40))
-    # the pause's snapshot (the third) comes back at 30 as an interim; the fourth, taken at
-    # the last window of speech, is in flight as the second pause starts (no snapshot of
-    # its own then): back at 38, it starts the turn, checked by a fifth
-    answers = [(20, 0, "What is the"), (25, 1, "What is"), (30, 2, "What is the")]
-    answers += [(38, 3, FULL), (45, 4, FULL)]
-    post = posting(board, answers)
+    # the pause's snapshot (the third) comes back at 30 as an interim; the second pause
+    # sends its own at 36, and the turn starts at its settle
+    post = posting(board, [(20, 0, "What is the"), (25, 1, "What is"), (30, 2, "What is the")])
     outs = run(tt, talk, board, post)
     names = kinds(outs)
     snaps = [(i, o) for i, o in outs if isinstance(o, Snapshot)]
-    expected = [(9, False), (20, False), (25, True), (35, False), (38, True)]
+    expected = [(9, False), (20, False), (25, True), (35, False), (36, True)]
     assert [(i, o.settled) for i, o in snaps] == expected
-    assert at_of(outs, "SpeculativeTurn") == 38 and at_of(outs, "Preempted") == 45
+    assert at_of(outs, "SpeculativeTurn") == 37
     assert "Interrupt" not in names[names.index("SpeechStarted") + 2 :]  # nothing abandoned
     assert names.count("SpeculativeTurn") == 1 and tt.abandoned == 0
 

@@ -39,7 +39,7 @@ class Voice:
     def __init__(self, **turn_options: Any):
         self.turning = TurnTaking(min_silence_ms=480, first_silence_ms=160, **turn_options)
         self.stt_batches: list[list[str]] = []
-        self.stt_hold: threading.Event | None = None  # set: interim passes wait for it
+        self.stt_hold: threading.Event | None = None  # set: passes of settled snapshots wait for it
         self.llm_gate = Gate()
         self.llm_started: list[str] = []
         self.llm_finished: list[str] = []
@@ -61,9 +61,7 @@ class Voice:
             """The "words" of an utterance: how many windows of speech it holds (like
             a real STT, it hears nothing in the silence around them)."""
             out: list[Text | TextDelta] = []
-            if voice.stt_hold is not None and any(
-                isinstance(u, Snapshot) and not u.settled for u in utterances
-            ):
+            if voice.stt_hold is not None and any(isinstance(u, Snapshot) and u.settled for u in utterances):
                 voice.stt_hold.wait(10)
             for u in utterances:
                 if isinstance(u, Heard):  # words an interim already heard: passed on
@@ -240,17 +238,16 @@ async def test_interim_transcripts_arrive_before_the_final_one() -> None:
 
 async def test_a_preemptive_start_is_checked_by_its_final_transcript_through_the_runtime() -> None:
     """An interim snapshot at the last window of speech (25 windows with the pad) covers
-    the utterance; still in flight as the silence starts (so the pause sends no snapshot
-    of its own), it is waited for, and the turn starts from its words; the check snapshot
-    of the whole utterance must reach the STT in the new turn (sent before the turn's
-    start, the runtime dropped it as stale, and every preempted turn waited out the
-    check)."""
+    the utterance; the pause's own snapshot is not back at the settle (held in the STT),
+    so the turn starts from the interim's words; the check snapshot of the whole
+    utterance must reach the STT in the new turn (sent before the turn's start, the
+    runtime dropped it as stale, and every preempted turn waited out the check)."""
     v = Voice(speculative=True, interim_ms=800, preemptive=True, settle_ms=64, cover_ms=250)
     v.llm_gate.open()
     v.stt_hold = hold = threading.Event()
 
     async def release(i: int, outs: list[Any], rt: Any) -> None:
-        if i == 27:  # the silence's first window (25) and the settle (26) fed: the words come back
+        if i == 27:  # the silence's first window (25) and the settle (26) fed
             hold.set()
 
     outs, _ = await v.run(SPEECH_THEN_PAUSE, release)

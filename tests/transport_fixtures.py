@@ -203,6 +203,26 @@ def remote_shapes(doc: Text):
     return {"lengths": running_total(lengths(ws)), "letters": spell(ws)}
 
 
+@chains.node(batch=chains.Batch(max_size=4, max_wait_ms=5))
+class KnownLengths:
+    """A batched class node whose ``=N`` words carry their answer (``known_result``): they
+    never reach a batch, which would fail them."""
+
+    @staticmethod
+    def known_result(t: Text) -> int | None:
+        return int(t.text[1:]) if t.text.startswith("=") else None
+
+    def __call__(self, ts: list[Text]) -> list[int]:
+        if any(t.text.startswith("=") for t in ts):
+            raise ValueError("an item with a known result was batched")
+        return [len(t.text) for t in ts]
+
+
+@chains.chain
+def remote_known(doc: Text):
+    return {"lengths": KnownLengths()(words_of(doc))}
+
+
 @chains.node
 async def slow_echo(x: int) -> int:
     await asyncio.sleep(FAKE.slow_s or 0.02)
