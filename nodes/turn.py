@@ -126,6 +126,8 @@ class _Sent:
     def update(self, hints: TurnBoard | None, now: int, lost: bool = False) -> None:
         """Forget those answered, given up (``SNAPSHOT_LOST_MS``), or ``lost``: an epoch
         ended, so the runtime drops their transcripts."""
+        if not self.out:  # (every window of every session asks)
+            return
         for key, at in list(self.out.items()):
             answered = hints is not None and hints.interim(*key) is not None
             if lost or answered or now - at > self.owner.snapshot_lost:
@@ -358,7 +360,6 @@ class TurnTaking:
                 final = hints.interim(turn, pause.check_ms)
             given_up = silence >= eot_max + CHECK_WAIT_MS * ms  # a check that never came back
             start_at = self.settle if self.preemptive else self.first_silence
-            heard, heard_ms = words, hints.text_ms if hints is not None and words else None
             if self.speculative and not spec and silence >= start_at:
                 # Its transcript is the final one (only silence follows). With the pause's
                 # snapshot it is that audio: the STT answers it from that pass, even when
@@ -367,16 +368,17 @@ class TurnTaking:
                 gap_words = None
                 if pause.gap and hints is not None:
                     gap_words = hints.interim(turn, pause.gap * self.window / ms)
+                heard_ms = hints.text_ms if hints is not None else None  # of the latest words
                 near = heard_ms is not None and heard_ms >= spoken_ms - self.cover_ms
-                covered = self.preemptive and heard and near
+                covered = self.preemptive and words and near
                 check: Snapshot | None = None
                 if gap_words is not None:  # no pass over the whole utterance: it was the gap's
                     start = Heard(pcm=b"", sample_rate=self.rate, text=gap_words, turn=turn)
                 elif covered:  # an interim heard nearly all of it: the reply starts now
                     check = Snapshot(pcm=start.pcm, sample_rate=self.rate, turn=turn, settled=True)
-                    pause.check_ms, pause.preheard = check.duration_ms, heard
+                    pause.check_ms, pause.preheard = check.duration_ms, words
                     self.preempted += 1
-                    start = Heard(pcm=b"", sample_rate=self.rate, text=heard or "", turn=turn)
+                    start = Heard(pcm=b"", sample_rate=self.rate, text=words or "", turn=turn)
                 spec = len(speech)
                 snap_posts = -1  # a snapshot still in flight belongs to the turn that ends here
                 sent.update(hints, seen, lost=True)

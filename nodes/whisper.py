@@ -290,11 +290,11 @@ class WhisperSTT:
         """A ``Text`` per utterance; an ``Interim`` (a non-final ``TextDelta``) per
         ``Snapshot`` of an utterance still being spoken. Both kinds share one batch:
         interim passes of every session pack into the same windows as final ones."""
-        known = {i: u.text for i, u in enumerate(utterances) if isinstance(u, Heard)}
+        known = {i: t for i, u in enumerate(utterances) if (t := self.known_result(u)) is not None}
         if known:  # words already heard (preemptive generation): passed on, not transcribed
-            rest = [u for u in utterances if not isinstance(u, Heard)]
+            rest = [u for i, u in enumerate(utterances) if i not in known]
             heard = iter(self(rest) if rest else [])
-            return [Text(text=known[i]) if i in known else next(heard) for i in range(len(utterances))]
+            return [known[i] if i in known else next(heard) for i in range(len(utterances))]
         clips = []
         for u in utterances:
             x = pcm_to_float(u.pcm)
