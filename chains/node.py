@@ -126,7 +126,10 @@ class NodeClass(_Documented):
         return NodeTemplate(self.spec, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.spec.impl, name)
+        spec = self.__dict__.get("spec")
+        if spec is None:  # being unpickled (a script's node shipped by value to Ray): no spec yet
+            raise AttributeError(name)
+        return getattr(spec.impl, name)
 
     def __repr__(self) -> str:
         return f"<chains {self.spec.shape.value} class {self.spec.name}>"
