@@ -44,6 +44,7 @@ seconds (lost wake-ups), so it is not on by default.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -142,14 +143,23 @@ def load_question() -> Turn:
     return Turn("complete", "What is the capital of France?", "question.wav", x, speech_end_s(x))
 
 
-def frames_of(x: np.ndarray) -> list[bytes]:
-    pcm = float_to_pcm(np.concatenate([x, np.zeros(int(TAIL_S * RATE), np.float32)]))
+def frames_of(x: np.ndarray, caller: int = 0) -> list[bytes]:
+    """The turn's 20 ms frames, then the tail of silence. Each caller's audio carries its
+    own 1-LSB dither (seeded by ``caller``): no two real calls are bit-identical, and
+    WhisperSTT, which remembers the words of clips it heard lately, must not answer one
+    caller from another's pass, nor one configuration from an earlier one's."""
+    x = np.concatenate([x, np.zeros(int(TAIL_S * RATE), np.float32)])
+    dither = np.random.default_rng(caller).integers(-1, 2, len(x)).astype(np.float32) / 32768.0
+    pcm = float_to_pcm(x + dither)
     step = RATE // 50 * 2
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
 
+CALLERS = itertools.count(1)  # each session's dither seed
+
+
 async def one_session(rt: Any, turn: Turn) -> dict[str, Any]:
-    frames = frames_of(turn.audio)
+    frames = frames_of(turn.audio, next(CALLERS))
     marks: dict[str, Any] = {"kind": turn.kind, "interim": 0, "abandoned_sent": 0, "hits": 0, "misses": 0}
     abandoned: set[int] = set()
     async with rt.session() as s:

@@ -42,7 +42,12 @@ repetition loop ends. Longer clips, and batches of three or more (which pack), t
 the paths below.
 
 A ``Heard`` utterance (preemptive generation, nodes/turn.py) carries words already
-transcribed: its text goes on as the final transcript without a Whisper pass.
+transcribed: its text goes on as the final transcript without a Whisper pass. So does
+audio heard lately (``ClipMemory``: a pause's snapshot, then the same audio as the turn's
+utterance); the runtime asks ``known_result`` when the item comes and again as each batch
+forms, so the turn's utterance queued behind its snapshot's pass joins no batch.
+``batch_priority`` keeps final utterances and interim snapshots in separate batches,
+finals first.
 
 Interim transcripts: a ``Snapshot`` (the VAD's utterance so far, see
 nodes/turn.py) comes back as an ``Interim`` transcript (a ``TextDelta`` with
@@ -57,6 +62,7 @@ CPU int8; greedy decoding (``beam_size=1``), English.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -72,7 +78,7 @@ MIN_CLIP = RATE // 10  # clips shorter than 100 ms are padded, so each has its o
 GAP = RATE  # silence between packed utterances
 WINDOW = 28 * RATE  # what one packed window may hold (Whisper hears 30 s)
 WINDOWED_BATCH = 2  # up to this many clips go in short windows (more: packed, see above)
-RECENT = 64  # clips whose words are remembered (one replica transcribes one batch at a time)
+RECENT = 64  # clips whose words a process remembers (ClipMemory)
 
 
 def pick_device(device: str) -> tuple[str, str]:
@@ -100,9 +106,11 @@ class WhisperSTT:
         cpu_threads: int = 0,
         strategy: str = "auto",
         window_s: float = 30.0,
+        interim_window_s: float = 15.0,
     ):
-        if not 0 <= window_s <= 30:
-            raise ValueError(f"WhisperSTT window_s must be within 0-30 (0: Whisper's 30 s), not {window_s}")
+        for name, value in (("window_s", window_s), ("interim_window_s", interim_window_s)):
+            if not 0 <= value <= 30:
+                raise ValueError(f"WhisperSTT {name} must be within 0-30 (0: Whisper's 30 s), not {value}")
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         from nodes.resolve import loading, whisper_path
@@ -122,7 +130,6 @@ class WhisperSTT:
                 local_files_only=True,
             )
         self.pipeline = BatchedInferencePipeline(self.model)
-        self._recent: OrderedDict[bytes, str] = OrderedDict()  # clip hash -> words, newest last
         if strategy == "auto":
             strategy = "batched" if self.device == "cuda" else "packed"
         if strategy not in ("packed", "batched", "sequential"):
@@ -133,7 +140,11 @@ class WhisperSTT:
         self.beam_size = beam_size
         self.language = language
         self.window = int(window_s * RATE) if 0 < window_s < 30 else 0
-        if self.window:  # the short-window path decodes through CTranslate2 itself
+        self.interim_window = int(interim_window_s * RATE) if 0 < interim_window_s < 30 else 0
+        # what decides a final transcript's words: the memory answers only the same hearing
+        self.model_id = f"{path}|{language}|beam={beam_size}|window={self.window}"
+        MEMORY.models.add(self.model_id)
+        if self.window or self.interim_window:  # the short-window path decodes through CTranslate2 itself
             from faster_whisper.tokenizer import Tokenizer
 
             multilingual = self.model.model.is_multilingual
@@ -151,26 +162,22 @@ class WhisperSTT:
 
         return whisper_refs(model)
 
-    def transcribe(self, clips: list[np.ndarray]) -> list[str]:
-        """Transcribe 16 kHz float32 clips, all in one batch; identical clips once, and
-        a clip heard in one of the last ``RECENT`` passes not again (the VAD sends a
-        pause's audio as a snapshot, then the same audio as the turn's utterance)."""
+    def transcribe(self, clips: list[np.ndarray], window: int | None = None) -> list[str]:
+        """Transcribe 16 kHz float32 clips, all in one batch; identical clips once.
+        ``window`` (samples): the short window to hear them in (None: ``window_s``)."""
         if not clips:
             return []
         keys = [xxhash.xxh3_128_digest(np.ascontiguousarray(c, dtype=np.float32).tobytes()) for c in clips]
-        texts = {k: self._recent[k] for k in keys if k in self._recent}
-        first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in texts}
-        if first:
-            texts.update(zip(first, self._transcribe([clips[i] for i in first.values()]), strict=True))
-        for k in first:
-            self._recent[k] = texts[k]
-            if len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        unique = [clips[i] for i in first.values()]
+        texts = dict(
+            zip(first, self._transcribe(unique, self.window if window is None else window), strict=True)
+        )
         return [texts[k] for k in keys]
 
-    def _transcribe(self, clips: list[np.ndarray]) -> list[str]:
-        if self.window and len(clips) <= WINDOWED_BATCH and all(len(c) <= self.window - RATE for c in clips):
-            return self._windowed(clips)
+    def _transcribe(self, clips: list[np.ndarray], window: int) -> list[str]:
+        if window and len(clips) <= WINDOWED_BATCH and all(len(c) <= window - RATE for c in clips):
+            return self._windowed(clips, window)
         if len(clips) == 1 or self.strategy == "sequential":
             return [self._one(c) for c in clips]
         if self.strategy == "batched":
@@ -186,13 +193,13 @@ class WhisperSTT:
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
-    def _windowed(self, clips: list[np.ndarray]) -> list[str]:
+    def _windowed(self, clips: list[np.ndarray], window: int) -> list[str]:
         """Clips encoded in ``window_s`` windows, one tensor batch (see the module's
         docstring)."""
         import ctranslate2
 
         fe = self.model.feature_extractor
-        frames = self.window // fe.hop_length
+        frames = window // fe.hop_length
         feats = []
         for c in clips:
             f = fe(c)  # (mels, frames)
@@ -208,7 +215,9 @@ class WhisperSTT:
             suppress_tokens=[-1],
         )
         eot = self._tokenizer.eot
-        return [self._tokenizer.decode([t for t in r.sequences_ids[0] if t < eot]).strip() for r in results]
+        texts = [self._tokenizer.decode([t for t in r.sequences_ids[0] if t < eot]).strip() for r in results]
+        # silence decodes to a lone "." here (faster-whisper's own path drops it as no speech)
+        return [t if any(ch.isalnum() for ch in t) else "" for t in texts]
 
     def _packed(self, clips: list[np.ndarray]) -> list[str]:
         texts = [""] * len(clips)
@@ -280,18 +289,30 @@ class WhisperSTT:
         return [" ".join(t).strip() for t in texts]
 
     @staticmethod
-    def known_result(u: Utterance) -> Text | None:
-        """A ``Heard`` utterance's words, which need no Whisper pass: the runtime answers
-        it at once, not in a batch with the check snapshot sent beside it (whose pass
-        would hold the reply's start back)."""
-        return Text(text=u.text) if isinstance(u, Heard) else None
+    def known_result(u: Utterance) -> Text | TextDelta | None:
+        """A result that needs no Whisper pass: a ``Heard`` utterance's words, or the
+        words of audio heard lately (the pause's snapshot, then the same audio as the
+        turn's utterance). The runtime answers it at once, or as soon as the words come
+        while it waits, not in a batch whose items all wait for the slowest."""
+        if isinstance(u, Heard):
+            return Text(text=u.text)
+        model = MEMORY.only_model()
+        return None if model is None else _result(u, MEMORY.get(model, u))
+
+    @staticmethod
+    def batch_priority(u: Utterance) -> int:
+        """Interim snapshots (the caller still speaking) after final utterances, and
+        never in one batch with them: the runtime returns a batch's results together, so
+        a final transcript would wait for its interim neighbour's pass (seen at four
+        sessions: two finals held 1.5 s by an interim in their batch, against ~0.5 s)."""
+        return 1 if isinstance(u, Snapshot) and not u.settled else 0
 
     def __call__(self, utterances: list[Utterance]) -> list[Text | TextDelta]:
         """A ``Text`` per utterance; an ``Interim`` (a non-final ``TextDelta``) per
         ``Snapshot`` of an utterance still being spoken. Both kinds share one batch:
         interim passes of every session pack into the same windows as final ones."""
-        known = {i: t for i, u in enumerate(utterances) if (t := self.known_result(u)) is not None}
-        if known:  # words already heard (preemptive generation): passed on, not transcribed
+        known = {i: t for i, u in enumerate(utterances) if (t := self._known(u)) is not None}
+        if known:  # words already heard (preemptive generation, or lately): not transcribed again
             rest = [u for i, u in enumerate(utterances) if i not in known]
             heard = iter(self(rest) if rest else [])
             return [known[i] if i in known else next(heard) for i in range(len(utterances))]
@@ -306,11 +327,72 @@ class WhisperSTT:
         snaps = [i for i, u in enumerate(utterances) if isinstance(u, Snapshot) and not u.settled]
         finals = [i for i in range(len(utterances)) if i not in snaps]
         texts: dict[int, str] = {}
-        for group in (finals, snaps):
-            texts.update(zip(group, self.transcribe([clips[i] for i in group]), strict=True))
-        return [
-            Interim(text=texts[i], turn=u.turn, audio_ms=u.duration_ms)
-            if isinstance(u, Snapshot)
-            else Text(text=texts[i])
-            for i, u in enumerate(utterances)
-        ]
+        for group, window in ((finals, self.window), (snaps, self.interim_window)):
+            texts.update(zip(group, self.transcribe([clips[i] for i in group], window), strict=True))
+        for i, u in enumerate(utterances):
+            MEMORY.put(self.model_id, u, texts[i])
+        return [r for i, u in enumerate(utterances) if (r := _result(u, texts[i])) is not None]
+
+    def _known(self, u: Utterance) -> Text | TextDelta | None:
+        return Text(text=u.text) if isinstance(u, Heard) else _result(u, MEMORY.get(self.model_id, u))
+
+
+def _result(u: Utterance, text: str | None) -> Text | TextDelta | None:
+    """What the STT answers for ``u`` heard as ``text``: an ``Interim`` for a snapshot."""
+    if text is None:
+        return None
+    if isinstance(u, Snapshot):
+        return Interim(text=text, turn=u.turn, audio_ms=u.duration_ms)
+    return Text(text=text)
+
+
+class ClipMemory:
+    """The words of the last ``size`` final clips transcribed in this process, by model
+    (with the settings that decide its words) and audio: the VAD sends a pause's audio
+    as a snapshot, then the same audio as the turn's utterance (whose new turn drops
+    the snapshot's own transcript), and the second must cost no second pass.
+    Process-wide, so that the runtime's ``known_result`` (a static hook, asked where
+    the batcher runs) can read it; that answers only while one Whisper configuration
+    is loaded in the process (two hear the same audio differently). Bounded; never per
+    session."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.models: set[str] = set()
+        self._words: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._lock = threading.Lock()  # written from the STT's worker thread, read on the loop
+
+    @staticmethod
+    def key(u: Utterance) -> bytes:
+        return xxhash.xxh3_128_digest(u.pcm) + u.sample_rate.to_bytes(4, "little")
+
+    def only_model(self) -> str | None:
+        return next(iter(self.models)) if len(self.models) == 1 else None
+
+    @staticmethod
+    def kept(u: Utterance) -> bool:
+        """Final audio only (an utterance, or a snapshot taken once the caller stopped):
+        interim snapshots are heard in a shorter window, and never twice."""
+        return bool(u.pcm) and not isinstance(u, Heard) and (not isinstance(u, Snapshot) or u.settled)
+
+    def get(self, model: str, u: Utterance) -> str | None:
+        if not self.kept(u):
+            return None
+        with self._lock:
+            return self._words.get((model, self.key(u)))
+
+    def put(self, model: str, u: Utterance, text: str) -> None:
+        if not self.kept(u):
+            return
+        key = (model, self.key(u))
+        with self._lock:
+            self._words[key] = text
+            self._words.move_to_end(key)
+            while len(self._words) > self.size:
+                self._words.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+
+MEMORY = ClipMemory(RECENT)

@@ -20,6 +20,14 @@ batch of their own size, follow the node's ``on_late``: shed (the session gets a
 error event) or served and counted late. That keeps goodput at the physical limit
 under overload instead of serving everyone late.
 
+Items a batched class node's ``known_result`` answers are not batched: neither when
+they come, nor when the words come meanwhile (checked again as each batch forms).
+
+Items may come in priorities (a batched class node's ``batch_priority(item)``, lower
+first): items of different priorities never share a batch, and a batch takes only the
+most urgent priority waiting. A final transcription must not ride in the same pass as
+a best-effort interim one, whose result it would wait for.
+
 ``policy="window"`` is the fixed size-or-timeout window (Ray Serve's
 ``@serve.batch``), kept so benchmarks can compare the two in one run.
 """
@@ -62,6 +70,7 @@ class BatchItem:
     future: asyncio.Future[Any] = field(compare=False)
     enqueued: float = field(compare=False)
     alive: Callable[[], bool] = field(compare=False)  # False: the session or turn is gone
+    priority: int = field(compare=False, default=0)  # lower first; never batched with others
 
 
 class Batcher:
@@ -76,6 +85,7 @@ class Batcher:
         cost: CostModel | None = None,
         on_shed: Callable[[BatchItem, float], None] | None = None,
         on_stale: Callable[[BatchItem], None] | None = None,
+        known: Callable[[Any], Any] | None = None,
     ):
         self.max_size = max_size
         self.max_wait_s = max_wait_s
@@ -85,7 +95,9 @@ class Batcher:
         self.cost = cost or CostModel()
         self.on_shed = on_shed
         self.on_stale = on_stale
+        self.known = known  # answers an item without a batch (None: not known yet)
         self._heap: list[BatchItem] = []
+        self._prioritized = False  # an item came with a priority other than 0
         self._seq = itertools.count()
         self._arrival: asyncio.Event = asyncio.Event()
         self._last_arrival = 0.0
@@ -103,10 +115,13 @@ class Batcher:
         return len(self._heap)
 
     # --- intake ---------------------------------------------------------------------
-    def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
+    def submit(
+        self, payload: Any, deadline: float, alive: Callable[[], bool], priority: int = 0
+    ) -> asyncio.Future[Any]:
         now = time.monotonic()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, BatchItem(deadline, next(self._seq), payload, fut, now, alive))
+        heapq.heappush(self._heap, BatchItem(deadline, next(self._seq), payload, fut, now, alive, priority))
+        self._prioritized = self._prioritized or priority != 0
         if self._last_arrival:
             gap = now - self._last_arrival
             self._gap_ewma = gap if math.isinf(self._gap_ewma) else 0.9 * self._gap_ewma + 0.1 * gap
@@ -205,13 +220,47 @@ class Batcher:
                 continue
             wait = self._should_wait(time.monotonic())
             if wait is None:
+                self._answer_known()
                 batch = self._take(time.monotonic())
                 if batch:
                     return batch
                 continue
             await self._wait_arrival(wait)
 
+    def _answer_known(self) -> None:
+        """Answer the queued items that became known while they waited (the node's
+        ``known_result``: words a pass that ended meanwhile heard), so they join no
+        batch."""
+        if self.known is None:
+            return
+        left = []
+        for it in self._heap:
+            result = self.known(it.payload)
+            if result is None:
+                left.append(it)
+            elif not it.future.done():
+                it.future.set_result(result)
+        if len(left) < len(self._heap):
+            heapq.heapify(left)
+            self._heap = left
+
     def _take(self, now: float) -> list[BatchItem]:
+        """The next batch, of the most urgent priority waiting (the others stay queued)."""
+        if not self._prioritized or not self._heap:
+            return self._take_one_priority(now)
+        first = min(it.priority for it in self._heap)
+        later = [it for it in self._heap if it.priority != first]
+        if not later:
+            return self._take_one_priority(now)
+        self._heap = [it for it in self._heap if it.priority == first]
+        heapq.heapify(self._heap)
+        try:
+            return self._take_one_priority(now)
+        finally:
+            self._heap += later
+            heapq.heapify(self._heap)
+
+    def _take_one_priority(self, now: float) -> list[BatchItem]:
         batch: list[BatchItem] = []
         if self.policy == "window" or self.on_late != "shed" or self.cost.n == 0:
             while self._heap and len(batch) < self.max_size:

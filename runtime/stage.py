@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -43,6 +42,7 @@ from runtime.batcher import Batcher, BatchItem, Policy, StaleItem, fail_future
 from runtime.batches import run_batcher
 from runtime.costmodel import CostModel
 from runtime.envelope import Reply, Request, Usage, deadline_at
+from runtime.hooks import static_hook
 from runtime.limiter import DeadlineLimiter
 from runtime.logs import get_logger
 from runtime.metrics import StageMetrics
@@ -91,8 +91,9 @@ class Stage:
         self.slot.expected_service_s = self.expected_service_s
         self.limiter = self.slot.limiter
         replicas.on_change.append(self._replicas_changed)
-        self._tokens_of = _static_hook(self.spec.impl, "route_tokens") if self.spec.is_class else None
-        self._known = _static_hook(self.spec.impl, "known_result") if self.spec.is_class else None
+        self._tokens_of = static_hook(self.spec, "route_tokens")
+        self._known = static_hook(self.spec, "known_result")
+        self._priority = static_hook(self.spec, "batch_priority")
         if self._tokens_of is None and not provider.local:
             self._tokens_of = provider.tokens_of()
         self.batcher: Batcher | None = None
@@ -107,6 +108,7 @@ class Stage:
                 cost=self.cost,
                 on_shed=self._shed_item,
                 on_stale=self._stale_item,
+                known=self._known_now if self._known is not None else None,
             )
 
     def _replicas_changed(self, rs: ReplicaSet) -> None:
@@ -271,17 +273,25 @@ class Stage:
             tokens = route.tokens
             stats.observe_actual(cached, route.predicted_cached, len(tokens) if tokens is not None else None)
 
+    def _known_now(self, payload: Any) -> Any:
+        """The node's ``known_result`` for a queued item, counted as served when known."""
+        assert self._known is not None
+        known = self._known(payload)
+        if known is not None:
+            self.metrics.items += 1
+        return known
+
     def submit(self, payload: Any, deadline: float, alive: Callable[[], bool]) -> asyncio.Future[Any]:
         """Queue one item of a batched map; its session awaits the returned future (so it
         can keep feeding the batcher while earlier items are served). An item the node's
         ``known_result`` answers is not queued."""
         assert self.batcher is not None
-        if self._known is not None and (known := self._known(payload)) is not None:
+        if self._known is not None and (known := self._known_now(payload)) is not None:
             fut = asyncio.get_running_loop().create_future()  # not batched: a batch's items
             fut.set_result(known)  # all wait for its slowest
-            self.metrics.items += 1
         else:
-            fut = self.batcher.submit(payload, deadline, alive)
+            rank = self._priority(payload) if self._priority is not None else 0
+            fut = self.batcher.submit(payload, deadline, alive, rank)
         self.metrics.queued = len(self.batcher)
         return fut
 
@@ -408,13 +418,3 @@ class Stage:
 
 def _always() -> bool:
     return True
-
-
-def _static_hook(cls: Any, name: str) -> Callable[..., Any] | None:
-    """A class node's ``route_tokens`` or ``known_result`` when a pure function of the item
-    (a ``staticmethod`` or ``classmethod``): the runtime asks it wherever the replicas run."""
-    raw = inspect.getattr_static(cls, name, None)
-    if isinstance(raw, staticmethod | classmethod):
-        fn: Callable[..., Any] = getattr(cls, name)
-        return fn
-    return None

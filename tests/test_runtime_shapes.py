@@ -104,6 +104,102 @@ async def test_items_a_batched_node_already_knows_skip_the_batch():
     assert model.batches == [[3]]  # never in a batch
 
 
+@chains.node(batch=chains.Batch(max_size=8, max_wait_ms=50))
+class Remembering:
+    """A batched model that remembers what it computed (process-wide, as WhisperSTT
+    does its clips' words): an item that came while its twin was in a pass is known
+    by the time the next batch forms."""
+
+    heard: dict[int, int] = {}
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    @staticmethod
+    def known_result(x: int) -> int | None:
+        return Remembering.heard.get(x)
+
+    def __call__(self, xs: list[int]) -> list[int]:
+        self.batches.append(list(xs))
+        threading.Event().wait(0.2)
+        Remembering.heard.update({x: x * x for x in xs})
+        return [x * x for x in xs]
+
+
+async def test_an_item_known_while_it_waited_joins_no_batch():
+    @chains.chain
+    def c(xs: Stream[int]):
+        return Remembering()(xs)
+
+    Remembering.heard.clear()
+    async with chains.Runtime(c) as rt:
+        (model,) = rt.models("Remembering")
+        got: dict[str, list[int]] = {}
+
+        async def caller(name: str, items: list[int]) -> None:
+            async with rt.session() as s:
+                for x in items:
+                    await s.send(x)
+                s.close_inputs()
+                got[name] = [o.value async for o in s if o.name != "events"]
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(caller("first", [3]))
+            await asyncio.sleep(0.05)  # its pass is running
+            tg.create_task(caller("twin", [3]))  # the same item, queued behind it
+            await asyncio.sleep(0.01)
+            tg.create_task(caller("other", [5]))
+    assert got == {"first": [9], "twin": [9], "other": [25]}
+    assert model.batches == [[3], [5]]  # the twin was answered from what the first pass heard
+
+
+@chains.node(batch=chains.Batch(max_size=8, max_wait_ms=50))
+class Transcriber:
+    """A batched model with best-effort items (odd ones, as interim snapshots) that
+    ``batch_priority`` puts after the urgent ones, never in the same batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    @staticmethod
+    def batch_priority(x: int) -> int:
+        return x % 2
+
+    def __call__(self, xs: list[int]) -> list[int]:
+        self.batches.append(list(xs))
+        threading.Event().wait(0.2)
+        return [x * 10 for x in xs]
+
+
+async def test_items_of_a_lower_priority_wait_for_their_own_batch():
+    @chains.chain
+    def c(xs: Stream[int]):
+        return Transcriber()(xs)
+
+    async with chains.Runtime(c) as rt:
+        (model,) = rt.models("Transcriber")
+        got: dict[str, list[int]] = {}
+
+        async def caller(name: str, items: list[int]) -> None:
+            async with rt.session() as s:
+                for x in items:
+                    await s.send(x)
+                s.close_inputs()
+                got[name] = [o.value async for o in s if o.name != "events"]
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(caller("first", [2]))
+            await asyncio.sleep(0.05)  # its batch is running
+            tg.create_task(caller("interim", [7, 9]))  # queued first
+            await asyncio.sleep(0.01)
+            tg.create_task(caller("final", [4]))
+            tg.create_task(caller("final2", [6]))
+    assert got["final"] == [40] and got["final2"] == [60] and got["interim"] == [70, 90]
+    assert model.batches[0] == [2]
+    assert sorted(model.batches[1]) == [4, 6]  # the urgent ones first, alone
+    assert sorted(x for b in model.batches[2:] for x in b) == [7, 9]
+
+
 async def test_streaming_map_streams_outputs_in_order():
     rec = Recorder()
     llm = slow_llm(rec, tokens=3, delay=0.001)

@@ -131,3 +131,28 @@ def test_a_shorter_window_transcribes_one_or_two_clips_and_longer_ones_as_before
     assert all({"capital", "france"} <= words(t) for t in short.transcribe([x, x * 0.9, x * 0.8]))
     with pytest.raises(ValueError, match="window_s"):
         WhisperSTT(model="tiny.en", window_s=45).instantiate()
+
+
+def test_interim_snapshots_are_heard_in_the_shorter_window(stt, question) -> None:
+    """Interim snapshots (the caller still speaking) go through the 15 s window, finals
+    through Whisper's 30 s: an interim's words are provisional, and a pass that holds
+    Whisper half as long delays a final that comes behind it half as much."""
+    from nodes.heard import Interim, Snapshot
+
+    pcm, rate = question
+    assert stt.interim_window == 15 * 16000 and stt.window == 0
+    half = pcm[: len(pcm) // 2 // 2 * 2 + rate]  # past "What is the"
+    (interim,) = stt([Snapshot(pcm=half, sample_rate=rate, turn=1)])
+    assert isinstance(interim, Interim) and {"what", "capital"} & words(interim.text), interim.text
+    (final,) = stt([Snapshot(pcm=pcm, sample_rate=rate, turn=1, settled=True)])
+    assert {"capital", "france"} <= words(final.text), final.text
+    with pytest.raises(ValueError, match="interim_window_s"):
+        WhisperSTT(model="tiny.en", interim_window_s=31).instantiate()
+
+
+def test_silence_in_the_shorter_window_is_no_words(stt) -> None:
+    from nodes.heard import Snapshot
+
+    silence = float_to_pcm(np.zeros(16000, dtype=np.float32))
+    (interim,) = stt([Snapshot(pcm=silence, sample_rate=16000, turn=1)])
+    assert interim.text == ""
