@@ -96,7 +96,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         },
     },
     "default": {"clause": True, "turn": dict(TURN_TAKING)},
+    # the default with interim snapshots heard in Whisper's whole 30 s window (the finals' own)
+    "default-interim30": {"clause": True, "turn": dict(TURN_TAKING), "interim_window_s": 30.0},
 }
+INTERIM_WINDOW_S = 15.0  # WhisperSTT's default
 FLAGS = {"clause": False}  # read by the chunker node of each session
 
 
@@ -125,6 +128,9 @@ def configure(rt: Any, cfg: dict[str, Any]) -> None:
     model = vad.smart_turn.probability if cfg["turn"].get("turn_model") else None
     vad.turning = TurnTaking(**opts, turn_model=model, rate=RATE, window=WINDOW)
     FLAGS["clause"] = cfg["clause"]
+    (stt,) = rt.models("WhisperSTT")
+    window_s = cfg.get("interim_window_s", INTERIM_WINDOW_S)
+    stt.interim_window = int(window_s * RATE) if 0 < window_s < 30 else 0
 
 
 def f0(x: float | None) -> str:
