@@ -15,8 +15,8 @@ goes:
   confirms it and the held reply goes out; if the user goes on, the turn is
   abandoned (the LLM request aborted, nothing sent) and speculated again;
 - interim transcripts: every 600 ms of speech the utterance so far is transcribed
-  in the same Whisper batches, and sent to the client as ``transcript`` with
-  ``final: false``;
+  (in a 15 s window, in Whisper batches of their own that wait for any final
+  utterance), and sent to the client as ``transcript`` with ``final: false``;
 - preemptive generation: a pause's first silent window (32 ms) sends the utterance to
   Whisper at once, and the speculative turn starts 96 ms into the silence from that
   audio (Whisper answers it from the pass already under way, not a second one); or from

@@ -55,7 +55,7 @@ CASES = [
     ("remote_shapes", "lengths", "ab cd efg hijk"),  # batched map (batches form on the host)
     ("remote_shapes", "spell", "ab c#d ef"),  # streaming map that fails mid-stream
     ("remote_shapes", "running_total", "ab cd efg"),  # stream node fed by a batched stage
-    ("remote_known", "KnownLengths", "ab =7 cde =12 f"),  # a batched class's known_result
+    ("remote_known", "KnownLengths", "ab =7 cde ~xy =12 f ~z"),  # known_result, batch_priority
 ]
 CHAINS = {"remote_map": remote_map, "remote_shapes": remote_shapes, "remote_known": remote_known}
 
@@ -67,8 +67,8 @@ async def test_a_remote_node_gives_the_same_outputs(chain_name: str, node: str, 
     with node_server(f"{FIXTURES}:{chain_name}", node) as url:
         remote = await outputs_by_name(with_remotes(chain, {node: url}), Text(text=doc))
     assert remote == local
-    if node == "KnownLengths":  # known where the replicas run: the host's stage, not a batch
-        assert local == {"lengths": [2, 7, 3, 12, 1]}
+    if node == "KnownLengths":  # known and ranked where the replicas run: the host's stage
+        assert local == {"lengths": [2, 7, 3, 3, 12, 1, 2]}
     if node == "shout_word":
         assert local["error"] == [
             ErrorEvent(node="shout_word", code="node_error", message="ValueError: boom requested")

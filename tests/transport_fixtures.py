@@ -206,15 +206,23 @@ def remote_shapes(doc: Text):
 @chains.node(batch=chains.Batch(max_size=4, max_wait_ms=5))
 class KnownLengths:
     """A batched class node whose ``=N`` words carry their answer (``known_result``): they
-    never reach a batch, which would fail them."""
+    never reach a batch, which would fail them. ``~`` words come after the others and
+    apart (``batch_priority``): a batch that mixes them answers -1 for every item."""
 
     @staticmethod
     def known_result(t: Text) -> int | None:
         return int(t.text[1:]) if t.text.startswith("=") else None
 
+    @staticmethod
+    def batch_priority(t: Text) -> int:
+        return 1 if t.text.startswith("~") else 0
+
     def __call__(self, ts: list[Text]) -> list[int]:
         if any(t.text.startswith("=") for t in ts):
             raise ValueError("an item with a known result was batched")
+        if len({t.text.startswith("~") for t in ts}) > 1:
+            return [-1] * len(ts)
+        time.sleep(0.02)  # the items after the first gather while it runs
         return [len(t.text) for t in ts]
 
 
