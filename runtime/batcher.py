@@ -235,7 +235,10 @@ class Batcher:
             return
         left = []
         for it in self._heap:
-            result = self.known(it.payload)
+            try:
+                result = self.known(it.payload)
+            except Exception:  # the hook's fault is not the batcher's: the item joins a batch,
+                result = None  # where the node's own call answers or fails it
             if result is None:
                 left.append(it)
             elif not it.future.done():

@@ -223,3 +223,36 @@ def test_cost_model_follows_drift():
     for b in range(1, 17):
         cm.observe(b, 0.040 + 0.001 * b)  # the stage got slower
     assert cm.predict(0) == pytest.approx(0.040, abs=1e-6)
+
+
+def test_items_known_while_queued_skip_the_batch_and_a_faulty_hook_batches_them():
+    heard = {"a": "A"}
+
+    def known(x: str) -> str | None:
+        if x == "bad":
+            raise RuntimeError("a faulty known_result")
+        return heard.get(x)
+
+    async def go():
+        b = make(max_size=8, known=known)
+        b.in_flight = 0
+        futs = [b.submit(x, 1e18, lambda: True) for x in ("a", "b", "bad")]
+        batch = await asyncio.wait_for(b.next_batch(), 5)
+        assert [it.payload for it in batch] == ["b", "bad"]
+        assert futs[0].result() == "A"
+
+    run(go())
+
+
+def test_a_batch_takes_one_priority_the_most_urgent_first():
+    async def go():
+        b = make(max_size=8)
+        b.in_flight = 0
+        for x, rank in (("interim1", 1), ("final1", 0), ("interim2", 1), ("final2", 0)):
+            b.submit(x, 1e18, lambda: True, rank)
+        first = await asyncio.wait_for(b.next_batch(), 5)
+        second = await asyncio.wait_for(b.next_batch(), 5)
+        assert [it.payload for it in first] == ["final1", "final2"]
+        assert [it.payload for it in second] == ["interim1", "interim2"]
+
+    run(go())
