@@ -194,8 +194,8 @@ class WhisperSTT:
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _windowed(self, clips: list[np.ndarray], window: int) -> list[str]:
-        """Clips encoded in ``window_s`` windows, one tensor batch (see the module's
-        docstring)."""
+        """Clips encoded in ``window``-sample windows (``window_s`` or
+        ``interim_window_s``), one tensor batch (see the module's docstring)."""
         import ctranslate2
 
         fe = self.model.feature_extractor
@@ -294,10 +294,7 @@ class WhisperSTT:
         words of audio heard lately (the pause's snapshot, then the same audio as the
         turn's utterance). The runtime answers it at once, or as soon as the words come
         while it waits, not in a batch whose items all wait for the slowest."""
-        if isinstance(u, Heard):
-            return Text(text=u.text)
-        model = MEMORY.only_model()
-        return None if model is None else _result(u, MEMORY.get(model, u))
+        return _known(u, MEMORY.only_model())
 
     @staticmethod
     def batch_priority(u: Utterance) -> int:
@@ -309,9 +306,10 @@ class WhisperSTT:
 
     def __call__(self, utterances: list[Utterance]) -> list[Text | TextDelta]:
         """A ``Text`` per utterance; an ``Interim`` (a non-final ``TextDelta``) per
-        ``Snapshot`` of an utterance still being spoken. Both kinds share one batch:
-        interim passes of every session pack into the same windows as final ones."""
-        known = {i: t for i, u in enumerate(utterances) if (t := self._known(u)) is not None}
+        ``Snapshot``. The runtime batches final utterances and interim snapshots apart
+        (``batch_priority``); a batch that holds both (a direct call) transcribes the
+        finals first, then the snapshots in ``interim_window_s`` windows."""
+        known = {i: t for i, u in enumerate(utterances) if (t := _known(u, self.model_id)) is not None}
         if known:  # words already heard (preemptive generation, or lately): not transcribed again
             rest = [u for i, u in enumerate(utterances) if i not in known]
             heard = iter(self(rest) if rest else [])
@@ -333,8 +331,13 @@ class WhisperSTT:
             MEMORY.put(self.model_id, u, texts[i])
         return [r for i, u in enumerate(utterances) if (r := _result(u, texts[i])) is not None]
 
-    def _known(self, u: Utterance) -> Text | TextDelta | None:
-        return Text(text=u.text) if isinstance(u, Heard) else _result(u, MEMORY.get(self.model_id, u))
+
+def _known(u: Utterance, model: str | None) -> Text | TextDelta | None:
+    """``u``'s result without a pass: a ``Heard``'s words, or what ``model`` (a
+    configuration's ``model_id``; None: none to ask) heard of the same audio lately."""
+    if isinstance(u, Heard):
+        return Text(text=u.text)
+    return None if model is None else _result(u, MEMORY.get(model, u))
 
 
 def _result(u: Utterance, text: str | None) -> Text | TextDelta | None:

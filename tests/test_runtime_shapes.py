@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,26 @@ async def test_batched_map_and_batch_sizes():
     assert max(calls) <= 3 and sum(calls) == 7
 
 
+def over_stream(node: Any) -> Any:
+    """A chain of one batched class node over a stream of items."""
+
+    @chains.chain
+    def c(xs: Stream[int]):
+        return node()(xs)
+
+    return c
+
+
+async def one_caller(rt: chains.Runtime, got: dict[str, list[int]], name: str, items: list[int]) -> None:
+    """A session that sends ``items`` and ends; its outputs land in ``got[name]``, so
+    ``got``'s order is the order the callers finished in."""
+    async with rt.session() as s:
+        for x in items:
+            await s.send(x)
+        s.close_inputs()
+        got[name] = [o.value async for o in s if o.name != "events"]
+
+
 @chains.node(batch=chains.Batch(max_size=8, max_wait_ms=50))
 class SlowSquare:
     """A batched model whose negative items carry their answer (as a transcript known
@@ -80,20 +102,11 @@ class SlowSquare:
 
 
 async def test_items_a_batched_node_already_knows_skip_the_batch():
-    @chains.chain
-    def c(xs: Stream[int]):
-        return SlowSquare()(xs)
-
+    c = over_stream(SlowSquare)
     async with chains.Runtime(c) as rt:
         (model,) = rt.models("SlowSquare")
         got: dict[str, list[int]] = {}  # in the order the callers finished
-
-        async def caller(name: str, items: list[int]) -> None:
-            async with rt.session() as s:
-                for x in items:
-                    await s.send(x)
-                s.close_inputs()
-                got[name] = [o.value async for o in s if o.name != "events"]
+        caller = functools.partial(one_caller, rt, got)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(caller("slow", [3]))
@@ -127,21 +140,12 @@ class Remembering:
 
 
 async def test_an_item_known_while_it_waited_joins_no_batch():
-    @chains.chain
-    def c(xs: Stream[int]):
-        return Remembering()(xs)
-
+    c = over_stream(Remembering)
     Remembering.heard.clear()
     async with chains.Runtime(c) as rt:
         (model,) = rt.models("Remembering")
         got: dict[str, list[int]] = {}
-
-        async def caller(name: str, items: list[int]) -> None:
-            async with rt.session() as s:
-                for x in items:
-                    await s.send(x)
-                s.close_inputs()
-                got[name] = [o.value async for o in s if o.name != "events"]
+        caller = functools.partial(one_caller, rt, got)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(caller("first", [3]))
@@ -172,20 +176,11 @@ class Transcriber:
 
 
 async def test_items_of_a_lower_priority_wait_for_their_own_batch():
-    @chains.chain
-    def c(xs: Stream[int]):
-        return Transcriber()(xs)
-
+    c = over_stream(Transcriber)
     async with chains.Runtime(c) as rt:
         (model,) = rt.models("Transcriber")
         got: dict[str, list[int]] = {}
-
-        async def caller(name: str, items: list[int]) -> None:
-            async with rt.session() as s:
-                for x in items:
-                    await s.send(x)
-                s.close_inputs()
-                got[name] = [o.value async for o in s if o.name != "events"]
+        caller = functools.partial(one_caller, rt, got)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(caller("first", [2]))
