@@ -57,9 +57,12 @@ class Admission:
             return t0
         return None
 
-    async def admit(self, deadline: float, alive: Callable[[], bool] | None = None) -> float:
-        """A slot in deadline order, the queue wait counted, a hopeless item shed
-        (``on_late="shed"``); when it was taken. Raises ``Shed``, or ``StaleItem`` when
+    async def admit(
+        self, deadline: float, alive: Callable[[], bool] | None = None, grace_s: float = 0.0
+    ) -> float:
+        """A slot in deadline order (``deadline + grace_s``: a turn's follower queues
+        later), the queue wait counted, a hopeless item shed (``on_late="shed"``, by its
+        own deadline); when it was taken. Raises ``Shed``, or ``StaleItem`` when
         ``alive()`` turned False while it waited (its turn was interrupted)."""
         t0 = self.try_admit(deadline)
         if t0 is not None:
@@ -68,7 +71,7 @@ class Admission:
         since = _mono()
         m.queued += 1
         try:
-            await self.limiter.acquire(deadline)
+            await self.limiter.acquire(deadline + grace_s)
         finally:
             m.queued -= 1
         t0 = _mono()

@@ -36,14 +36,24 @@ class Request:
     router sees of it (``route``, or None). A plain slotted object, not a Struct: a
     map's runner builds one per task and refills it per item (benchmarks/overhead.py)."""
 
-    __slots__ = ("args", "deadline", "epoch", "route", "session")
+    __slots__ = ("args", "deadline", "epoch", "grace_s", "route", "session")
 
-    def __init__(self, args: tuple[Any, ...], session: str, epoch: int, deadline: float, route: Any = None):
+    def __init__(
+        self,
+        args: tuple[Any, ...],
+        session: str,
+        epoch: int,
+        deadline: float,
+        route: Any = None,
+        grace_s: float = 0.0,
+    ):
         self.args = args
         self.session = session
         self.epoch = epoch
         self.deadline = deadline
         self.route = route
+        # how much later than its deadline it may queue for a slot (``FOLLOWER_GRACE_S``)
+        self.grace_s = grace_s
 
 
 class Reply:
@@ -56,6 +66,14 @@ class Reply:
     def __init__(self, value: Any = None, usage: Usage | None = None):
         self.value = value
         self.usage = usage
+
+
+# A turn's items after the first at a node queue for its slots as if due this much later
+# than their deadline: the session already has this node's first output of the turn (a
+# reply's first sentence playing, say), while another session's first item keeps its
+# user waiting. Only the order of waiters changes (the deadline, lateness and shedding
+# stay the item's own), and by a bounded amount, so a follower is never starved.
+FOLLOWER_GRACE_S = 0.5
 
 
 def deadline_at(chain_deadline: float, downstream_s: float, budget_s: float | None, now: float) -> float:

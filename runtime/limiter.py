@@ -1,5 +1,7 @@
 """A concurrency limit shared by every session of a stage, handing free slots to
-the waiter with the earliest deadline (EDF) rather than the first to ask.
+the waiter with the earliest deadline (EDF) rather than the first to ask. The
+caller may queue an item as if due later than its deadline (a turn's follower,
+runtime/envelope.py ``FOLLOWER_GRACE_S``): the limiter orders by what it is given.
 
 Unlike ``anyio.CapacityLimiter`` it takes a free slot without a checkpoint, so a
 stage that is not saturated adds no scheduling round-trip per item.

@@ -22,7 +22,7 @@ from chains.messages import Control
 from chains.streams import Stream
 from runtime.batcher import StaleItem
 from runtime.channels import edge, fan_out
-from runtime.envelope import Envelope, Request, deadline_at
+from runtime.envelope import FOLLOWER_GRACE_S, Envelope, Request, deadline_at
 from runtime.stage import Stage
 
 _mono = time.monotonic
@@ -101,6 +101,7 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
     live = _Live(sess, sess.epoch)  # one per turn, not one per item
     req = Request((), sid, sess.epoch, float("inf"))
     learns = rs.router_learns
+    turn = -1  # the epoch of the last item served: the next of the same turn is a follower
     # The hot path of every pass-through hop: next_live's receive and the epoch check
     # are inlined here on purpose (a call per item shows in benchmarks/overhead.py).
     while True:
@@ -119,10 +120,11 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
         args = (env.payload,)
         now = _mono() if node_budget is not None else 0.0  # the clock only where a budget needs it
         deadline = deadline_at(env.deadline, downstream, node_budget, now)
+        grace = FOLLOWER_GRACE_S if env.epoch == turn else 0.0
+        turn = env.epoch
         if streaming:
-            await stream_call(
-                sess, stage, Request(args, sid, env.epoch, deadline, stage.route(sid, args)), env, senders
-            )
+            req_s = Request(args, sid, env.epoch, deadline, stage.route(sid, args), grace)
+            await stream_call(sess, stage, req_s, env, senders)
             continue
         if live.epoch != env.epoch:  # a new turn: the request's epoch follows
             live = _Live(sess, env.epoch)
@@ -130,6 +132,7 @@ async def run_map1(sess: SessionPort, stage: Stage, rx: Any, senders: list[Any],
         # One request per task, refilled per item: serve() is awaited before the next.
         req.args = args
         req.deadline = deadline
+        req.grace_s = grace
         req.route = stage.route(sid, args) if learns or len(rs.ready) > 1 else None
         try:
             result = await serve(req, live)
@@ -189,6 +192,7 @@ async def run_map_n(
     When every input is a single value the node is called exactly once."""
     held: dict[int, Envelope] = {}
     once = not any(h.stream for h in node.inputs)
+    turn = -1  # the epoch of the last call: the next of the same turn is a follower
     while True:
         args = []
         last: Envelope | None = None
@@ -213,7 +217,9 @@ async def run_map_n(
             meta.epoch,
             stage.deadline(meta.deadline, _mono()),
             stage.route(sess.id, call_args),
+            FOLLOWER_GRACE_S if meta.epoch == turn else 0.0,
         )
+        turn = meta.epoch
         if streaming:
             await stream_call(sess, stage, req, meta, senders)
         else:

@@ -165,7 +165,7 @@ class Stage:
             lim.in_use += 1
             t0 = _mono()
         else:
-            t0 = await slot.admit(deadline, alive)
+            t0 = await slot.admit(deadline, alive, req.grace_s)
         usage = None
         try:
             if self.fast:
@@ -231,7 +231,7 @@ class Stage:
         slot = self.slot
         deadline = req.deadline
         route = req.route
-        t0 = await slot.admit(deadline)
+        t0 = await slot.admit(deadline, grace_s=req.grace_s)
         try:
             r = self.replicas.acquire(route)
         except BaseException as e:
