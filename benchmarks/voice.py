@@ -160,6 +160,7 @@ CALLERS = itertools.count(1)  # each session's dither seed
 async def one_session(rt: Any, turn: Turn) -> dict[str, Any]:
     frames = frames_of(turn.audio, next(CALLERS))
     marks: dict[str, Any] = {"kind": turn.kind, "interim": 0, "abandoned_sent": 0, "hits": 0, "misses": 0}
+    marks.update(said=turn.text, voice=turn.voice)
     abandoned: set[int] = set()
     async with rt.session() as s:
 
@@ -193,6 +194,7 @@ async def one_session(rt: Any, turn: Turn) -> dict[str, Any]:
                         marks["interim"] += 1
                     else:
                         marks.setdefault("transcript", now)
+                        marks.setdefault("first_text", v.text)  # a cut-off turn's first half
                         marks["text"] = v.text
                 elif out.name == "reply":
                     marks.setdefault("token", now)
@@ -233,6 +235,18 @@ def summarise(sessions: list[dict[str, Any]]) -> dict[str, Any]:
         "interim_transcripts_per_session": float(np.mean([r["interim"] for r in sessions])),
         "speculative_turns_per_session": float(np.mean([r.get("speculated", 0) for r in sessions])),
         "transcripts": sorted({str(r.get("text", "")) for r in sessions}),
+        # each incomplete turn ended before the caller's last word: what was said, what
+        # the turn was ended on (its first final transcript), whether its reply was heard
+        "cut_turns": [
+            {
+                "said": r["said"],
+                "voice": r["voice"],
+                "heard": r.get("first_text"),
+                "audible": "audio" in r and r["audio"] < r["speech_end"] - 0.02,
+            }
+            for r in incomplete
+            if "eot" in r and r["eot"] < r["speech_end"] - 0.02
+        ],
     }
     for k in ("eot", "transcript", "token", "audio"):
         out[f"{k}_p50_ms"] = percentile(span(complete, k), 0.5)

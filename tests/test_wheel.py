@@ -10,6 +10,7 @@ from an empty folder, so nothing of this checkout is importable.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,15 @@ async def shout(t: Text) -> Text:
 def loud(t: Text):
     return shout(t)
 """
+
+
+# what vLLM's engine and worker processes do first: load the general plugins, the
+# wheel's among them (nodes.spin: vLLM's queue readers spin 20 ms, not 1 s)
+SPIN = (
+    "from vllm.plugins import load_general_plugins; load_general_plugins(); "
+    "from vllm.distributed.device_communicators.shm_broadcast import SpinCondition; "
+    "import nodes.spin; print(nodes.spin.__file__); print(SpinCondition.__init__.__defaults__[-1])"
+)
 
 
 def test_the_installed_wheel_serves_the_browser_page(tmp_path: Path):
@@ -65,6 +75,11 @@ def test_the_installed_wheel_serves_the_browser_page(tmp_path: Path):
         [py, "-c", "import transport.server as s; print(s.WEB_ROOT)"], cwd=work, text=True
     )
     assert Path(where.strip()).is_relative_to(site) and (Path(where.strip()) / "index.html").is_file()
+    if importlib.util.find_spec("vllm") is not None:
+        out = subprocess.run([py, "-c", SPIN], cwd=work, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        plugin_file, spin_s = out.stdout.strip().splitlines()[-2:]
+        assert Path(plugin_file).is_relative_to(site) and spin_s == "0.02"
     proc = subprocess.Popen(
         [env_dir / "bin" / "chains", "run", "loud.py", "--port", "0"],
         cwd=work,
