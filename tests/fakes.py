@@ -112,6 +112,26 @@ def thread_map(rec: Recorder):
     return in_thread
 
 
+async def staggered_callers(rt: chains.Runtime, callers: list[tuple[float, str, list]]) -> dict[str, list]:
+    """Sessions on ``rt``, each ``(start, name, items)``: started ``start`` seconds from
+    now, it sends ``items`` and ends. Each caller's outputs by name, in the order the
+    callers finished (so a test can tell who was answered first)."""
+    got: dict[str, list] = {}
+
+    async def one(start: float, name: str, items: list) -> None:
+        await asyncio.sleep(start)
+        async with rt.session() as s:
+            for x in items:
+                await s.send(x)
+            s.close_inputs()
+            got[name] = [o.value async for o in s if o.name != "events"]
+
+    async with asyncio.TaskGroup() as tg:
+        for start, name, items in callers:
+            tg.create_task(one(start, name, items))
+    return got
+
+
 __all__ = [
     "BatchFake",
     "Call",
@@ -130,6 +150,7 @@ __all__ = [
     "session_tag",
     "settle",
     "slow_llm",
+    "staggered_callers",
     "steady",
     "tag_session",
     "thread_map",

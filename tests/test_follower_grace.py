@@ -12,6 +12,7 @@ import chains
 from chains import Stream
 from runtime.envelope import FOLLOWER_GRACE_S
 from runtime.limiter import DeadlineLimiter
+from tests.fakes import staggered_callers
 
 SERVICE_S = {"x1": 0.7}  # the others take 0.1 s
 
@@ -43,25 +44,16 @@ def chain_of(order: list[str], streaming: bool) -> chains.Chain:
     return c
 
 
-async def caller(rt: chains.Runtime, items: list[str], after_s: float) -> list[str]:
-    await asyncio.sleep(after_s)
-    async with rt.session() as s:
-        for x in items:
-            await s.send(x)
-        s.close_inputs()
-        return [o.value async for o in s if o.name != "events"]
-
-
 async def run(streaming: bool, b_after_s: float) -> list[str]:
     """``a1`` takes the free slot; ``x1`` (another session) waits and takes it next;
     ``a2``, A's follower, queues while ``x1`` runs, and ``b1``, B's first item, comes
     ``b_after_s`` after A's input. Who gets the slot when ``x1`` ends?"""
     order: list[str] = []
-    async with chains.Runtime(chain_of(order, streaming)) as rt, asyncio.TaskGroup() as tg:
-        a = tg.create_task(caller(rt, ["a1", "a2"], 0.0))
-        x = tg.create_task(caller(rt, ["x1"], 0.05))
-        b = tg.create_task(caller(rt, ["b1"], b_after_s))
-    assert (a.result(), x.result(), b.result()) == (["a1", "a2"], ["x1"], ["b1"])  # nothing lost
+    async with chains.Runtime(chain_of(order, streaming)) as rt:
+        got = await staggered_callers(
+            rt, [(0.0, "a", ["a1", "a2"]), (0.05, "x", ["x1"]), (b_after_s, "b", ["b1"])]
+        )
+    assert got == {"a": ["a1", "a2"], "x": ["x1"], "b": ["b1"]}  # nothing lost
     return order
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 import chains
 from chains import Stream, Text
-from tests.fakes import Recorder, collect, counting_map, slow_llm, thread_map
+from tests.fakes import Recorder, collect, counting_map, slow_llm, staggered_callers, thread_map
 
 
 @chains.node
@@ -73,16 +72,6 @@ def over_stream(node: Any) -> Any:
     return c
 
 
-async def one_caller(rt: chains.Runtime, got: dict[str, list[int]], name: str, items: list[int]) -> None:
-    """A session that sends ``items`` and ends; its outputs land in ``got[name]``, so
-    ``got``'s order is the order the callers finished in."""
-    async with rt.session() as s:
-        for x in items:
-            await s.send(x)
-        s.close_inputs()
-        got[name] = [o.value async for o in s if o.name != "events"]
-
-
 @chains.node(batch=chains.Batch(max_size=8, max_wait_ms=50))
 class SlowSquare:
     """A batched model whose negative items carry their answer (as a transcript known
@@ -102,16 +91,10 @@ class SlowSquare:
 
 
 async def test_items_a_batched_node_already_knows_skip_the_batch():
-    c = over_stream(SlowSquare)
-    async with chains.Runtime(c) as rt:
+    async with chains.Runtime(over_stream(SlowSquare)) as rt:
         (model,) = rt.models("SlowSquare")
-        got: dict[str, list[int]] = {}  # in the order the callers finished
-        caller = functools.partial(one_caller, rt, got)
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(caller("slow", [3]))
-            await asyncio.sleep(0.05)  # its batch is running
-            tg.create_task(caller("known", [-2, -5]))
+        # "known" comes while "slow"'s batch is running
+        got = await staggered_callers(rt, [(0.0, "slow", [3]), (0.05, "known", [-2, -5])])
     assert got == {"known": [2, 5], "slow": [9]}
     assert list(got) == ["known", "slow"]  # answered while the other session's batch ran
     assert model.batches == [[3]]  # never in a batch
@@ -140,19 +123,11 @@ class Remembering:
 
 
 async def test_an_item_known_while_it_waited_joins_no_batch():
-    c = over_stream(Remembering)
     Remembering.heard.clear()
-    async with chains.Runtime(c) as rt:
+    async with chains.Runtime(over_stream(Remembering)) as rt:
         (model,) = rt.models("Remembering")
-        got: dict[str, list[int]] = {}
-        caller = functools.partial(one_caller, rt, got)
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(caller("first", [3]))
-            await asyncio.sleep(0.05)  # its pass is running
-            tg.create_task(caller("twin", [3]))  # the same item, queued behind it
-            await asyncio.sleep(0.01)
-            tg.create_task(caller("other", [5]))
+        # the twin (the same item) queues while the first's pass is running
+        got = await staggered_callers(rt, [(0.0, "first", [3]), (0.05, "twin", [3]), (0.06, "other", [5])])
     assert got == {"first": [9], "twin": [9], "other": [25]}
     assert model.batches == [[3], [5]]  # the twin was answered from what the first pass heard
 
@@ -176,19 +151,12 @@ class Transcriber:
 
 
 async def test_items_of_a_lower_priority_wait_for_their_own_batch():
-    c = over_stream(Transcriber)
-    async with chains.Runtime(c) as rt:
+    async with chains.Runtime(over_stream(Transcriber)) as rt:
         (model,) = rt.models("Transcriber")
-        got: dict[str, list[int]] = {}
-        caller = functools.partial(one_caller, rt, got)
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(caller("first", [2]))
-            await asyncio.sleep(0.05)  # its batch is running
-            tg.create_task(caller("interim", [7, 9]))  # queued first
-            await asyncio.sleep(0.01)
-            tg.create_task(caller("final", [4]))
-            tg.create_task(caller("final2", [6]))
+        # while "first"'s batch runs: the interims queue first, then the finals
+        got = await staggered_callers(
+            rt, [(0.0, "first", [2]), (0.05, "interim", [7, 9]), (0.06, "final", [4]), (0.06, "final2", [6])]
+        )
     assert got["final"] == [40] and got["final2"] == [60] and got["interim"] == [70, 90]
     assert model.batches[0] == [2]
     assert sorted(model.batches[1]) == [4, 6]  # the urgent ones first, alone
